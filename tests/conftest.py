@@ -1,0 +1,92 @@
+"""Tiny randomly initialised models of each family we support, built once per test session.
+
+Why build instead of download: tests run offline and in seconds. Each model has 4 layers and hidden size
+32, with a word-level tokenizer saved beside it, so every code path (decoder vs encoder, rotary vs
+absolute positions, with and without a pad token) is exercised on real computations.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import AutoModel, PreTrainedTokenizerFast
+from transformers import BertConfig, Gemma3TextConfig, GPT2Config, LlamaConfig, Qwen2Config
+
+WORDS = (
+    "the a an movie film was is good bad great terrible boring fun plot actors story and but not very "
+    "really quite i it this that of to in on with for loved hated stock market shares profit loss company "
+    "oil price rose fell trade bank rates wheat grain earnings acquisition merger"
+).split()
+NUM_LAYERS = 4
+HIDDEN = 32
+
+
+def _tokenizer(kind: str) -> PreTrainedTokenizerFast:
+    specials = ["[UNK]", "[PAD]", "<s>", "</s>", "[CLS]", "[SEP]"]
+    vocab = {token: index for index, token in enumerate(specials + WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    if kind == "encoder":
+        backend.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+        )
+        return PreTrainedTokenizerFast(
+            tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]"
+        )
+    if kind == "decoder-no-pad":  # like GPT-2: no pad token at all
+        return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", bos_token="<s>", eos_token="</s>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", bos_token="<s>", eos_token="</s>"
+    )
+
+
+def _configs(vocab_size: int) -> dict[str, tuple]:
+    common = dict(vocab_size=vocab_size, hidden_size=HIDDEN, num_hidden_layers=NUM_LAYERS, intermediate_size=64)
+    return {
+        "llama": (LlamaConfig(**common, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128), "decoder"),
+        "qwen2": (Qwen2Config(**common, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128), "decoder"),
+        "gemma3": (
+            Gemma3TextConfig(**common, num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=4,
+                             max_position_embeddings=128),
+            "decoder",
+        ),
+        "gpt2": (GPT2Config(vocab_size=vocab_size, n_embd=HIDDEN, n_layer=NUM_LAYERS, n_head=4, n_positions=128), "decoder-no-pad"),
+        "bert": (BertConfig(**common, num_attention_heads=4, max_position_embeddings=128), "encoder"),
+    }
+
+
+FAMILIES = ("llama", "qwen2", "gemma3", "gpt2", "bert")
+DECODER_FAMILIES = ("llama", "qwen2", "gemma3", "gpt2")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Family name -> folder with a tiny random model and its tokenizer."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    vocab_size = len(WORDS) + 6
+    folders = {}
+    for family, (config, tokenizer_kind) in _configs(vocab_size).items():
+        torch.manual_seed(0)
+        model = AutoModel.from_config(config)
+        folder = Path(root, family)
+        model.save_pretrained(folder)
+        _tokenizer(tokenizer_kind).save_pretrained(folder)
+        folders[family] = str(folder)
+    return folders
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+SENTENCES = [
+    "the movie was very good",
+    "i hated this boring film",
+    "oil price rose",
+    "the company reported a profit and the stock market loved it but shares fell",
+    "fun",
+]
