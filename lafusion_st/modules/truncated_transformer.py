@@ -141,7 +141,7 @@ class TruncatedTransformer(Transformer):
         if self._warned_truncation or max_length is None or mask is None:
             return
         at_limit = [text for text, length in zip(inputs, mask.sum(dim=1).tolist()) if length >= max_length]
-        if any(len(self.tokenizer(text)["input_ids"]) > max_length for text in at_limit):
+        if any(len(self.tokenizer(text, verbose=False)["input_ids"]) > max_length for text in at_limit):
             self._warned_truncation = True
             logger.warning(
                 "Some texts are longer than max_seq_length=%d tokens and were truncated to it "

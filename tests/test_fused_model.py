@@ -1,0 +1,150 @@
+"""Fused embedders on tiny models of every family: truncation parity, padding, save/load, bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from conftest import DECODER_FAMILIES, NUM_LAYERS, SENTENCES
+from safetensors import safe_open
+from sentence_transformers import SentenceTransformer
+from transformers import AutoModel, AutoTokenizer
+
+from lafusion_st import FusedSentenceTransformer, build_fused_model
+from lafusion_st.modules import TruncatedTransformer
+from lafusion_st.modules import truncated_transformer
+from lafusion_st.pooling import POOLING_MODES, pool
+
+
+def reference_embeddings(folder: str, layers: list[int], pooling: str) -> np.ndarray:
+    """Pool the *full* model's hidden states one text at a time (no padding at all)."""
+    model = AutoModel.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    rows = []
+    for text in SENTENCES:
+        encoded = tokenizer([text], return_tensors="pt")
+        with torch.inference_mode():
+            states = model(**encoded, output_hidden_states=True).hidden_states
+        rows.append(torch.cat([pool(states[layer], encoded["attention_mask"], pooling) for layer in layers], dim=-1)[0])
+    return torch.stack(rows).numpy()
+
+
+@pytest.mark.parametrize("pooling", POOLING_MODES)
+def test_truncated_embedder_equals_pooling_the_full_model(tiny_models, family, pooling) -> None:
+    layers = [1, 2]
+    model = build_fused_model(tiny_models[family], layers=layers, pooling=pooling)
+    assert len(truncated_transformer.find_layer_list(model[0].auto_model)) == 2
+    np.testing.assert_allclose(model.encode(SENTENCES), reference_embeddings(tiny_models[family], layers, pooling), atol=2e-5)
+
+
+def test_last_layer_keeps_the_final_norm(tiny_models, family) -> None:
+    model = build_fused_model(tiny_models[family], layers=[-1], pooling="mean")
+    assert model[0].num_layers == NUM_LAYERS
+    np.testing.assert_allclose(model.encode(SENTENCES), reference_embeddings(tiny_models[family], [NUM_LAYERS], "mean"), atol=2e-5)
+
+
+@pytest.mark.parametrize("family", DECODER_FAMILIES)
+def test_left_and_right_padding_give_the_same_vectors(tiny_models, family) -> None:
+    model = build_fused_model(tiny_models[family], layers=[1, 3], pooling="last")
+    model[0].tokenizer.padding_side = "right"
+    right = model.encode(SENTENCES, batch_size=7)
+    model[0].tokenizer.padding_side = "left"
+    left = model.encode(SENTENCES, batch_size=7)
+    np.testing.assert_allclose(left, right, atol=2e-5)
+
+
+def test_truncation_check_catches_an_unknown_final_norm(tiny_models, monkeypatch) -> None:
+    monkeypatch.setattr(truncated_transformer, "FINAL_NORM_NAMES", ())
+    with pytest.raises(RuntimeError, match="final norm"):
+        TruncatedTransformer(tiny_models["llama"], num_layers=2)
+
+
+def test_num_layers_out_of_range(tiny_models) -> None:
+    with pytest.raises(ValueError, match="1..4"):
+        TruncatedTransformer(tiny_models["llama"], num_layers=5)
+
+
+def test_missing_pad_token_is_set_to_eos_and_said(tiny_models, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger=truncated_transformer.__name__):
+        module = TruncatedTransformer(tiny_models["gpt2"])
+    assert module.tokenizer.pad_token == module.tokenizer.eos_token
+    assert "no pad token" in caplog.text
+
+
+@pytest.mark.parametrize("fusion", ["concat", "weighted"])
+def test_save_and_load_give_identical_embeddings(tiny_models, tmp_path, fusion) -> None:
+    model = build_fused_model(tiny_models["llama"], layers=[1, 2], fusion=fusion)
+    before = model.encode(SENTENCES)
+    model.save(str(tmp_path))
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as weights:
+        assert not any(".2." in name or ".3." in name for name in weights.keys()), "layers above 2 were saved"
+    for loader in (SentenceTransformer, FusedSentenceTransformer):
+        reloaded = loader(str(tmp_path))
+        assert isinstance(reloaded[0], TruncatedTransformer)
+        assert np.abs(reloaded.encode(SENTENCES) - before).max() == 0.0
+
+
+def test_multi_model_fusion_save_load_and_values(tiny_models, tmp_path) -> None:
+    folders = [tiny_models["llama"], tiny_models["bert"], tiny_models["gpt2"]]
+    model = build_fused_model(folders, layers=[[1, -1], [2], [3]], pooling=["last", "mean", "max"])
+    assert model.get_embedding_dimension() == 4 * 32
+    fused = model.encode(SENTENCES)
+    singles = [
+        build_fused_model(folder, layers=layers, pooling=pooling).encode(SENTENCES)
+        for folder, layers, pooling in zip(folders, [[1, -1], [2], [3]], ["last", "mean", "max"])
+    ]
+    np.testing.assert_allclose(fused, np.concatenate(singles, axis=1), atol=1e-6)
+    model.save(str(tmp_path))
+    assert json.loads((tmp_path / "multi_model_fuse_config.json").read_text())["member_names"] == ["0_llama", "1_bert", "2_gpt2"]
+    assert np.abs(SentenceTransformer(str(tmp_path)).encode(SENTENCES) - fused).max() == 0.0
+
+
+def test_multi_model_mean_needs_equal_dimensions(tiny_models) -> None:
+    model = build_fused_model([tiny_models["llama"], tiny_models["qwen2"]], layers=[2], model_fusion="mean")
+    assert model.get_embedding_dimension() == 32
+    with pytest.raises(ValueError, match=r"dimensions differ: \[64, 32\]"):
+        build_fused_model([tiny_models["llama"], tiny_models["qwen2"]], layers=[[1, 2], [2]], model_fusion="mean")
+
+
+def test_missing_member_folder_fails_clearly(tiny_models, tmp_path) -> None:
+    build_fused_model([tiny_models["llama"], tiny_models["bert"]], layers=[1]).save(str(tmp_path))
+    (tmp_path / "members" / "1_bert" / "modules.json").unlink()
+    with pytest.raises(FileNotFoundError, match="Member '1_bert'"):
+        SentenceTransformer(str(tmp_path))
+
+
+def test_per_model_settings_must_match_model_count(tiny_models) -> None:
+    with pytest.raises(ValueError, match="layers must be one setting"):
+        build_fused_model([tiny_models["llama"], tiny_models["bert"]], layers=[[1], [2], [3]])
+
+
+class TestBadInput:
+    @pytest.fixture(scope="class")
+    def model(self, tiny_models) -> FusedSentenceTransformer:
+        return build_fused_model(tiny_models["llama"], layers=[1, 2], max_seq_length=6)
+
+    def test_empty_list_gives_zero_rows(self, model) -> None:
+        assert model.encode([]).shape == (0, 64)
+        assert model.encode([], convert_to_tensor=True).shape == (0, 64)
+
+    def test_empty_string_is_the_bos_token_and_whitespace_is_defined(self, model) -> None:
+        empty, bos, space = model.encode(["", "<s>", "   "])
+        np.testing.assert_array_equal(empty, bos)
+        assert np.isfinite(space).all() and np.isfinite(empty).all()
+
+    def test_non_string_names_its_index(self, model) -> None:
+        with pytest.raises(TypeError, match="Input 2 is int"):
+            model.encode(["fine", "also fine", 7])
+        with pytest.raises(TypeError, match="Input 0 is NoneType"):
+            SentenceTransformer.encode(model, [None, "x"])
+
+    def test_long_texts_are_truncated_with_one_warning(self, model, caplog) -> None:
+        long_text = " ".join(["good"] * 40)
+        with caplog.at_level(logging.WARNING):
+            first = model.encode([long_text, "fun"])
+            model.encode([long_text])
+        assert caplog.text.count("longer than max_seq_length=6") == 1
+        np.testing.assert_allclose(first[0], model.encode([" ".join(["good"] * 6)])[0], atol=1e-6)
