@@ -148,3 +148,18 @@ class TestBadInput:
             model.encode([long_text])
         assert caplog.text.count("longer than max_seq_length=6") == 1
         np.testing.assert_allclose(first[0], model.encode([" ".join(["good"] * 6)])[0], atol=1e-6)
+
+
+def test_encode_options_and_multi_process_pool(tiny_models) -> None:
+    model = build_fused_model(tiny_models["llama"], layers=[1, 2])
+    plain = model.encode(SENTENCES, batch_size=2, show_progress_bar=False)
+    normalized = model.encode(SENTENCES, normalize_embeddings=True, convert_to_tensor=True)
+    assert isinstance(normalized, torch.Tensor)
+    torch.testing.assert_close(normalized.norm(dim=1), torch.ones(len(SENTENCES)))
+    np.testing.assert_allclose(normalized.numpy(), plain / np.linalg.norm(plain, axis=1, keepdims=True), atol=1e-6)
+    pool = model.start_multi_process_pool(["cpu", "cpu"])
+    try:
+        pooled = model.encode(SENTENCES, pool=pool, batch_size=2)
+    finally:
+        model.stop_multi_process_pool(pool)
+    np.testing.assert_allclose(pooled, plain, atol=1e-6)

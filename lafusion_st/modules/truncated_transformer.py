@@ -154,6 +154,22 @@ class TruncatedTransformer(Transformer):
             features["position_ids"] = position_ids_from_mask(features["attention_mask"])
         return super().forward(features, **kwargs)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Re-register output recording after unpickling (sentence-transformers' multi-process pools).
+
+        transformers 4.5x records ``hidden_states`` through a process-global registry that is filled when a
+        model is *constructed*; a model unpickled in a spawned worker skips that, and would silently return
+        no hidden states. Registering the classes again restores them.
+        """
+        super().__setstate__(state)
+        try:
+            from transformers.utils.generic import _CAN_RECORD_REGISTRY
+        except ImportError:  # transformers releases without the registry need nothing
+            return
+        for module in self.auto_model.modules():
+            if getattr(module, "_can_record_outputs", None):
+                _CAN_RECORD_REGISTRY.setdefault(str(type(module)), module._can_record_outputs)
+
     def get_config_dict(self) -> dict[str, Any]:
         return {**super().get_config_dict(), "num_layers": self.num_layers, "source_num_layers": self.source_num_layers}
 
@@ -211,5 +227,11 @@ def silence_final_norm(model: torch.nn.Module) -> None:
     for name in FINAL_NORM_NAMES:
         norm = getattr(owner, name, None)
         if isinstance(norm, torch.nn.Module):
-            norm.register_forward_hook(lambda module, args, output: args[0])
+            norm.register_forward_hook(_return_input)
             return
+
+
+def _return_input(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+    """Forward hook that discards a module's output (a named function, so the model stays picklable
+    for sentence-transformers' multi-process pools)."""
+    return args[0]
