@@ -1,0 +1,197 @@
+"""Layer scans: exact agreement with the fused embedder, caching, resuming, corruption handling."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+from conftest import SENTENCES
+
+from lafusion_st import build_fused_model
+from lafusion_st.modules import TruncatedTransformer
+from lafusion_st.pooling import POOLING_MODES
+from lafusion_st.scan import LayerScanner, ScanCacheWarning, scan, scan_task
+
+TEXTS = [*SENTENCES, "", "good", "the stock market rose and the company reported a profit", "bad film"]
+
+
+def _scanner(model: str, cache_dir, **kwargs) -> LayerScanner:
+    return LayerScanner(model, kwargs.pop("poolings", ("mean",)), cache_dir=cache_dir, show_progress_bar=False, **kwargs)
+
+
+class ForwardCounter(list):
+    """Batch sizes of the backbone forward passes seen so far; with ``fail_after = n`` pass n + 1 raises
+    ``KeyboardInterrupt`` (a simulated Ctrl-C in the middle of a scan)."""
+
+    fail_after: int | None = None
+
+
+@pytest.fixture
+def forward_calls(monkeypatch: pytest.MonkeyPatch) -> ForwardCounter:
+    calls = ForwardCounter()
+    original = TruncatedTransformer.forward
+
+    def counting_forward(self, features, **kwargs):
+        if calls.fail_after is not None and len(calls) >= calls.fail_after:
+            raise KeyboardInterrupt("simulated interrupt")
+        calls.append(len(features["input_ids"]))
+        return original(self, features, **kwargs)
+
+    monkeypatch.setattr(TruncatedTransformer, "forward", counting_forward)
+    return calls
+
+
+def test_scanned_layer_equals_fused_model_encode(tiny_models: dict[str, str], family: str, tmp_path) -> None:
+    scanned = scan(tiny_models[family], TEXTS, POOLING_MODES, cache_dir=tmp_path, batch_size=3, chunk_size=5,
+                   show_progress_bar=False)
+    for pooling in POOLING_MODES:
+        vectors = scanned[pooling].vectors
+        assert vectors.shape == (5, len(TEXTS), 32) and vectors.dtype == np.float32
+        for layer in range(vectors.shape[0]):
+            encoded = build_fused_model(tiny_models[family], layers=[layer], pooling=pooling).encode(TEXTS, batch_size=4)
+            np.testing.assert_allclose(vectors[layer], encoded, atol=1e-5, err_msg=f"{pooling} layer {layer}")
+    assert not np.allclose(scanned["mean"].vectors, scanned["max"].vectors)
+
+
+def test_concat_lays_layers_out_like_layer_select(tiny_models: dict[str, str], tmp_path) -> None:
+    vectors = scan(tiny_models["llama"], TEXTS, cache_dir=tmp_path, show_progress_bar=False)["mean"]
+    encoded = build_fused_model(tiny_models["llama"], layers=[3, 1], fusion="concat").encode(TEXTS)
+    np.testing.assert_allclose(vectors.concat([3, 1]), encoded, atol=1e-5)
+    np.testing.assert_array_equal(vectors.concat([-1]), vectors.vectors[4])
+
+
+def test_second_scan_is_a_cache_hit_without_forward(tiny_models: dict[str, str], tmp_path, forward_calls) -> None:
+    first = _scanner(tiny_models["qwen2"], tmp_path, batch_size=4).scan(TEXTS)["mean"]
+    assert len(forward_calls) == 3
+    scanner = _scanner(tiny_models["qwen2"], tmp_path, batch_size=4)
+    second = scanner.scan(TEXTS)["mean"]
+    assert len(forward_calls) == 3
+    assert scanner._module is None  # the model was never even loaded
+    np.testing.assert_array_equal(first.vectors, second.vectors)
+    assert second.cache_file.exists() and second.cache_file.with_suffix(".json").exists()
+
+
+def test_new_pooling_on_cached_texts_reuses_nothing_but_keeps_cached_one(tiny_models, tmp_path, forward_calls) -> None:
+    _scanner(tiny_models["llama"], tmp_path, batch_size=4).scan(TEXTS)
+    assert len(forward_calls) == 3
+    both = _scanner(tiny_models["llama"], tmp_path, batch_size=4, poolings=("mean", "last")).scan(TEXTS)
+    assert len(forward_calls) == 6  # one pass for "last"; "mean" came from the cache
+    assert set(both) == {"mean", "last"}
+
+
+def test_interrupted_scan_resumes_from_finished_chunks(tiny_models: dict[str, str], tmp_path, forward_calls) -> None:
+    reference = scan(tiny_models["gemma3"], TEXTS, cache_dir=tmp_path / "reference", batch_size=2, chunk_size=4,
+                     show_progress_bar=False)["mean"].vectors
+    forward_calls.clear()
+    forward_calls.fail_after = 4  # chunks of 4 texts = 2 batches: chunks 1 and 2 finish, chunk 3 does not
+    with pytest.raises(KeyboardInterrupt):
+        scan(tiny_models["gemma3"], TEXTS, cache_dir=tmp_path / "cache", batch_size=2, chunk_size=4, show_progress_bar=False)
+    partial = next((tmp_path / "cache").glob("*.partial"))
+    assert len(list(partial.glob("chunk_*.safetensors"))) == 2
+
+    forward_calls.clear()
+    forward_calls.fail_after = None
+    resumed = scan(tiny_models["gemma3"], TEXTS, cache_dir=tmp_path / "cache", batch_size=2, chunk_size=4,
+                   show_progress_bar=False)["mean"]
+    assert forward_calls == [1]  # only the third chunk (text 9 of 9) was computed again
+    np.testing.assert_array_equal(resumed.vectors, reference)
+    assert not partial.exists()
+
+
+def _corrupt_data_bytes(entry) -> None:
+    raw = bytearray(entry.data_file.read_bytes())
+    raw[-8:] = b"\x7f" * 8
+    entry.data_file.write_bytes(bytes(raw))
+
+
+def _truncate_data(entry) -> None:
+    entry.data_file.write_bytes(entry.data_file.read_bytes()[:100])
+
+
+def _garble_sidecar(entry) -> None:
+    entry.sidecar_file.write_text("{not json")
+
+
+def _wrong_shape_in_sidecar(entry) -> None:
+    sidecar = json.loads(entry.sidecar_file.read_text())
+    sidecar["shape"][1] += 1
+    entry.sidecar_file.write_text(json.dumps(sidecar))
+
+
+@pytest.mark.parametrize("corrupt", [_corrupt_data_bytes, _truncate_data, _garble_sidecar, _wrong_shape_in_sidecar])
+def test_corrupt_cache_is_recomputed(tiny_models: dict[str, str], tmp_path, forward_calls, corrupt) -> None:
+    scanner = _scanner(tiny_models["bert"], tmp_path, batch_size=4)
+    original = scanner.scan(TEXTS)["mean"].vectors
+    corrupt(scanner.cache_entry(TEXTS, "mean"))
+    forward_calls.clear()
+    with pytest.warns(ScanCacheWarning, match="recomputing"):
+        again = _scanner(tiny_models["bert"], tmp_path, batch_size=4).scan(TEXTS)["mean"].vectors
+    assert len(forward_calls) == 3
+    np.testing.assert_array_equal(again, original)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _scanner(tiny_models["bert"], tmp_path, batch_size=4).scan(TEXTS)  # repaired: a clean hit now
+
+
+def test_corrupt_chunk_is_recomputed(tiny_models: dict[str, str], tmp_path, forward_calls) -> None:
+    forward_calls.fail_after = 2
+    with pytest.raises(KeyboardInterrupt):
+        scan(tiny_models["llama"], TEXTS, cache_dir=tmp_path, batch_size=2, chunk_size=4, show_progress_bar=False)
+    chunk = next(tmp_path.glob("*.partial/chunk_*.safetensors"))
+    chunk.write_bytes(b"garbage")
+    forward_calls.clear()
+    forward_calls.fail_after = None
+    with pytest.warns(ScanCacheWarning, match="chunk"):
+        scan(tiny_models["llama"], TEXTS, cache_dir=tmp_path, batch_size=2, chunk_size=4, show_progress_bar=False)
+    assert len(forward_calls) == 5
+
+
+def test_cache_key_follows_texts_order_pooling_length_and_weights(tiny_models: dict[str, str], tmp_path) -> None:
+    scanner = _scanner(tiny_models["llama"], tmp_path)
+    key = scanner.cache_entry(TEXTS, "mean").data_file
+    assert scanner.cache_entry(list(TEXTS), "mean").data_file == key
+    assert scanner.cache_entry([*TEXTS[:-1], TEXTS[-1] + " "], "mean").data_file != key
+    assert scanner.cache_entry(TEXTS[::-1], "mean").data_file != key
+    assert scanner.cache_entry(TEXTS, "last").data_file != key
+    assert _scanner(tiny_models["llama"], tmp_path, max_seq_length=8).cache_entry(TEXTS, "mean").data_file != key
+
+    changed = tmp_path / "changed_model"
+    shutil.copytree(tiny_models["llama"], changed)
+    weights = changed / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-4:] = bytes(byte ^ 0xFF for byte in raw[-4:])  # one weight changes: same config and header, new model
+    weights.write_bytes(bytes(raw))
+    assert _scanner(str(changed), tmp_path).cache_entry(TEXTS, "mean").data_file.name.split(".")[-2] != key.name.split(".")[-2]
+
+
+def test_scan_task_keeps_train_and_test_apart(tiny_models: dict[str, str], tmp_path, forward_calls) -> None:
+    result = scan_task([tiny_models["llama"], tiny_models["bert"]], TEXTS[:6], TEXTS[6:], poolings=["mean", "last"],
+                       cache_dir=tmp_path, show_progress_bar=False)
+    assert set(result.train) == set(result.test) == {tiny_models["llama"], tiny_models["bert"]}
+    assert result.train[tiny_models["bert"]]["last"].vectors.shape[1] == 6
+    assert result.test[tiny_models["bert"]]["last"].vectors.shape[1] == 3
+    assert len(forward_calls) == 4  # one batch per model and split, both poolings from the same pass
+    assert scan_task(tiny_models["llama"], TEXTS, show_progress_bar=False, cache_dir=tmp_path).test is None
+
+
+@pytest.mark.parametrize(
+    ("texts", "poolings", "error", "match"),
+    [
+        ([], ("mean",), ValueError, "empty"),
+        (["fine", 3], ("mean",), TypeError, "Text 1 is int"),
+        ("a single string", ("mean",), TypeError, "list of strings"),
+        (["fine"], ("median",), ValueError, "median"),
+    ],
+)
+def test_scan_rejects_bad_input(tiny_models: dict[str, str], tmp_path, texts, poolings, error, match) -> None:
+    with pytest.raises(error, match=match):
+        scan(tiny_models["llama"], texts, poolings, cache_dir=tmp_path, show_progress_bar=False)
+
+
+def test_scan_rejects_bad_sizes(tiny_models: dict[str, str], tmp_path) -> None:
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        _scanner(tiny_models["llama"], tmp_path, batch_size=0)
+

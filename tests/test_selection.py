@@ -1,0 +1,200 @@
+"""Probes, selection strategies, complementarity and the report, on constructed data with known answers."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from lafusion_st.probe import ProbeConfig, check_labels, cross_validate, fit_and_test, layer_scores
+from lafusion_st.report import plot_layer_curves, write_report
+from lafusion_st.selection import best_window, complementarity, greedy_layers, greedy_models, top_k
+
+N = 240
+FAST = ProbeConfig(folds=4, max_iter=200)
+
+
+def _layers(signal_layers: dict[int, np.ndarray], num_layers: int = 6, hidden: int = 6, seed: int = 0) -> np.ndarray:
+    """``[num_layers, N, hidden]`` noise, with ``signal_layers[l]`` written into column 0 of layer ``l``."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(num_layers, N, hidden)).astype(np.float32)
+    for layer, signal in signal_layers.items():
+        vectors[layer, :, 0] = signal
+    return vectors
+
+
+def _halves(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``a``, ``b`` and labels ``a + b > 0`` with a margin: a probe needs both to be right every time
+    (about 90% with one alone, 100% with both), so a gain of several points separates truth from fold noise."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=N), rng.normal(size=N)
+    side = np.sign(a + b)
+    return a + 0.5 * side, b + 0.5 * side, (side > 0).astype(int)
+
+
+@pytest.fixture
+def two_halves() -> tuple[np.ndarray, np.ndarray]:
+    """Layer 1 carries ``a``, layer 3 carries ``b`` of :func:`_halves`; the other layers are noise."""
+    a, b, labels = _halves(1)
+    return _layers({1: a, 3: b}), labels
+
+
+def test_probe_separates_separable_data_and_not_shuffled_labels() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["neg", "pos", "neutral"], N // 3)
+    centers = {"neg": -3.0, "pos": 3.0, "neutral": 0.0}
+    features = np.stack([[centers[label], 0.0] for label in labels]) + rng.normal(scale=0.5, size=(N, 2))
+    separable = cross_validate(features, labels, FAST)
+    assert separable.score.accuracy_mean > 0.97 and separable.score.macro_f1_mean > 0.97
+    assert separable.score.folds == 4 and separable.score.num_samples == N and separable.score.converged
+    assert set(separable.predictions) <= set(labels) and (separable.predictions == labels).mean() > 0.97
+    shuffled = cross_validate(features, rng.permutation(labels), FAST).score
+    assert abs(shuffled.accuracy_mean - 1 / 3) < 0.1
+
+
+def test_layer_scores_rank_the_informative_layers_first(two_halves) -> None:
+    vectors, labels = two_halves
+    scores = layer_scores(vectors, labels, FAST, show_progress_bar=False)
+    assert len(scores) == len(vectors)
+    ranked = sorted(range(len(scores)), key=lambda layer: -scores[layer].accuracy_mean)
+    assert set(ranked[:2]) == {1, 3}
+    assert all(scores[layer].accuracy_mean < 0.65 for layer in (0, 2, 4, 5))
+
+
+def test_single_class_is_an_error() -> None:
+    with pytest.raises(ValueError, match=r"single class \['only'\]"):
+        cross_validate(np.zeros((10, 2)), ["only"] * 10, FAST)
+    with pytest.raises(ValueError, match="single class"):
+        fit_and_test(np.zeros((10, 2)), [1] * 10, np.zeros((2, 2)), [1, 1])
+
+
+def test_too_few_examples_for_the_folds_reduces_them_with_a_warning() -> None:
+    with pytest.warns(UserWarning, match="using 3-fold"):
+        assert check_labels([0, 0, 0, 1, 1, 1], folds=5) == 3
+    features = np.array([[0.0], [0.1], [0.2], [5.0], [5.1], [5.2]])
+    with pytest.warns(UserWarning, match="using 3-fold"):
+        assert cross_validate(features, [0, 0, 0, 1, 1, 1], ProbeConfig(folds=5)).score.folds == 3
+
+
+def test_rare_classes_are_kept_with_a_warning_naming_them() -> None:
+    labels = ["a"] * 20 + ["b"] * 20 + ["tiny"] * 2 + ["single"]
+    with pytest.warns(UserWarning, match=r"2 class\(es\) .*'single' \(1\), 'tiny' \(2\)"):
+        assert check_labels(labels, folds=5) == 5
+
+
+def test_all_singleton_classes_cannot_be_cross_validated() -> None:
+    with pytest.raises(ValueError, match="single training example"):
+        check_labels(["a", "b", "c"], folds=5)
+
+
+def test_bad_probe_settings_and_shapes_are_rejected() -> None:
+    with pytest.raises(ValueError, match="folds must be an integer >= 2"):
+        ProbeConfig(folds=1)
+    with pytest.raises(ValueError, match="feature rows but"):
+        cross_validate(np.zeros((4, 2)), [0, 1, 0], FAST)
+    with pytest.raises(ValueError, match="NaN"):
+        cross_validate(np.full((8, 2), np.nan), [0, 1] * 4, FAST)
+
+
+def test_fit_and_test_trains_on_train_and_scores_on_test(two_halves) -> None:
+    vectors, labels = two_halves
+    both = np.concatenate([vectors[1], vectors[3]], axis=1)
+    result = fit_and_test(both[:180], labels[:180], both[180:], labels[180:], FAST)
+    assert result.accuracy > 0.9 and result.num_train == 180 and result.num_test == 60
+    noise = fit_and_test(vectors[0][:180], labels[:180], vectors[0][180:], labels[180:], FAST)
+    assert noise.accuracy < 0.75
+
+
+def test_greedy_layers_adds_the_complement_then_stops(two_halves) -> None:
+    vectors, labels = two_halves
+    selection = greedy_layers(vectors, labels, threshold=0.02, max_layers=4, config=FAST, show_progress_bar=False)
+    assert selection.chosen == [1, 3]
+    assert selection.score.accuracy_mean > 0.9
+    last_round = [step for step in selection.steps if len(step.candidate) == 3]
+    assert len(last_round) == 4 and not any(step.accepted for step in last_round)
+    gains = [step.score.accuracy_mean - selection.score.accuracy_mean for step in last_round]
+    assert max(gains) < 0.02  # the stopping rule, checked against the evidence it recorded
+
+
+def test_greedy_layers_stops_at_one_layer_when_the_threshold_is_out_of_reach(two_halves) -> None:
+    vectors, labels = two_halves
+    selection = greedy_layers(vectors, labels, threshold=0.5, config=FAST, show_progress_bar=False)
+    assert len(selection.chosen) == 1 and selection.chosen[0] in (1, 3)
+    assert json.loads(json.dumps(selection.to_dict()))["chosen"] == selection.chosen
+
+
+def test_greedy_layers_respects_candidates_and_max_layers(two_halves) -> None:
+    vectors, labels = two_halves
+    without_layer_1 = greedy_layers(vectors, labels, threshold=0.02, candidates=[0, 3, 5], config=FAST, show_progress_bar=False)
+    assert without_layer_1.chosen == [3]
+    assert all(set(step.candidate) <= {0, 3, 5} for step in without_layer_1.steps)
+    capped = greedy_layers(vectors, labels, threshold=0.0, max_layers=1, config=FAST, show_progress_bar=False)
+    assert len(capped.chosen) == 1 and all(len(step.candidate) == 1 for step in capped.steps)
+    with pytest.raises(ValueError, match="candidates"):
+        greedy_layers(vectors, labels, candidates=[9], config=FAST, show_progress_bar=False)
+
+
+def test_top_k_takes_the_best_single_layers_and_scores_their_concatenation(two_halves) -> None:
+    vectors, labels = two_halves
+    scores = layer_scores(vectors, labels, FAST, show_progress_bar=False)
+    selection = top_k(vectors, labels, scores, k=2, config=FAST)
+    assert selection.chosen == [1, 3]
+    assert selection.score.accuracy_mean > max(scores[1].accuracy_mean, scores[3].accuracy_mean) + 0.04
+    assert selection.score.num_features == 2 * vectors.shape[2]
+    with pytest.raises(ValueError, match=r"k must be an integer in 1\.\.6"):
+        top_k(vectors, labels, scores, k=7)
+
+
+def test_best_window_finds_the_adjacent_informative_layers() -> None:
+    a, b, labels = _halves(2)
+    vectors = _layers({2: a, 3: b})
+    selection = best_window(vectors, labels, max_width=3, threshold=0.02, config=FAST, show_progress_bar=False)
+    assert selection.chosen == [2, 3]
+    assert len(selection.steps) == 6 + 5 + 4 and sum(step.accepted for step in selection.steps) == 1
+    fixed = best_window(vectors, labels, width=3, config=FAST, show_progress_bar=False)
+    assert fixed.chosen in ([1, 2, 3], [2, 3, 4]) and len(fixed.steps) == 4
+
+
+def test_greedy_models_and_complementarity_on_complementary_models(two_halves) -> None:
+    vectors, labels = two_halves
+    features = {"model_a": vectors[1], "model_b": vectors[3], "noise": vectors[0]}
+    selection = greedy_models(features, labels, threshold=0.02, config=FAST, show_progress_bar=False)
+    assert sorted(selection.chosen) == ["model_a", "model_b"]
+    assert selection.chosen == ["model_a", "model_b"]  # in the caller's order, as build_fused_model needs them
+
+    report = complementarity({"model_a": vectors[1], "model_b": vectors[3], "copy_of_a": vectors[1].copy()}, labels, FAST)
+    pairs = {(pair.model_a, pair.model_b): pair for pair in report.pairs}
+    same = pairs[("model_a", "copy_of_a")]
+    assert same.disagreement == 0 and same.yules_q == 1 and same.a_errors_fixed_by_b == 0
+    different = pairs[("model_a", "model_b")]
+    assert different.yules_q < same.yules_q and different.a_errors_fixed_by_b > 0.3
+    assert different.oracle_accuracy > max(report.accuracy["model_a"], report.accuracy["model_b"])
+    assert different.oracle_accuracy == pytest.approx(1 - different.both_wrong)
+    json.dumps(report.to_dict())
+    with pytest.raises(ValueError, match="at least 2"):
+        complementarity({"model_a": vectors[1]}, labels, FAST)
+
+
+def test_report_and_plot_are_written(two_halves, tmp_path) -> None:
+    vectors, labels = two_halves
+    scores = layer_scores(vectors, labels, FAST, show_progress_bar=False)
+    selection = greedy_layers(vectors, labels, scores, threshold=0.02, config=FAST, show_progress_bar=False)
+    test = fit_and_test(vectors[1][:180], labels[:180], vectors[1][180:], labels[180:], FAST)
+    written = write_report(tmp_path / "out" / "report.json", task="toy", layer_scores={"model": scores},
+                           selections={"model/greedy_layers": selection}, test_scores={"model/greedy_layers": test},
+                           probe_config=FAST, settings={"pooling": "mean"})
+    loaded = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert loaded == written
+    assert loaded["models"]["model"]["best_layer"] in (1, 3) and loaded["models"]["model"]["last_layer"] == 5
+    assert loaded["selections"]["model/greedy_layers"]["chosen"] == [1, 3]
+    assert loaded["probe"]["folds"] == 4 and loaded["complementarity"] is None
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no backend or GUI warnings
+        png = plot_layer_curves(tmp_path / "curves.png", {"model": scores, "other": scores[:4]}, {"model": selection.chosen},
+                                task="toy")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    with pytest.raises(ValueError, match="Nothing to plot"):
+        plot_layer_curves(tmp_path / "empty.png", {}, task="toy")
