@@ -1,0 +1,411 @@
+"""Evaluate any embedder on classification tasks through MTEB, and measure what it costs.
+
+One entry point, :func:`evaluate_encoder`, for everything with SentenceTransformer's
+``encode(sentences, batch_size=..., show_progress_bar=..., convert_to_numpy=...)``: a fused lafusion
+model, a plain SentenceTransformer (all-MiniLM-L6-v2), or the ONNX Runtime encoder. MTEB does the
+evaluation (its own logistic-regression loop and result files); this module adds what MTEB leaves out:
+
+- a :class:`~mteb.models.ModelMeta` per configuration (:func:`make_model_meta`), so the results of
+  variants (layers, pooling, fusion) are filed under different names and never overwrite each other;
+- an in-memory embedding cache keyed by text (:class:`CachedEncoder`): both protocols and all tasks
+  share one model pass per distinct text, which matters when an LLM embeds 7 to 28 sentences a second;
+- checks on every embedding (shape and finiteness), and a results folder that is checked for writing
+  before any text is embedded, so a bad encoder or folder fails early and leaves no result file behind.
+
+Results land where MTEB's ``ResultCache`` puts them:
+``<results_folder>/results/<name with "/" as "__">/<revision>/<TaskName>.json`` plus ``model_meta.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import mteb
+import numpy as np
+import psutil
+import torch
+from mteb.abstasks.abstask import AbsTask
+from mteb.models import ModelMeta
+from mteb.models.abs_encoder import AbsEncoder
+from mteb.models.model_meta import ScoringFunction
+from sentence_transformers import SentenceTransformer
+
+from lafusion_st.mteb_tasks import get_tasks
+
+if TYPE_CHECKING:
+    from mteb.abstasks.task_metadata import TaskMetadata
+    from mteb.types import BatchedInput, PromptType
+    from torch.utils.data import DataLoader
+
+__all__ = [
+    "CachedEncoder",
+    "EncoderCost",
+    "MTEBEncoder",
+    "ResultsFolderError",
+    "TextEncoder",
+    "configuration_name",
+    "evaluate_encoder",
+    "make_model_meta",
+    "measure_cost",
+]
+
+
+class TextEncoder(Protocol):
+    """What :func:`evaluate_encoder` needs: SentenceTransformer's ``encode`` for a list of texts."""
+
+    def encode(self, sentences: list[str], **kwargs: Any) -> Any: ...
+
+
+class ResultsFolderError(OSError):
+    """The results folder cannot be created or written; raised before any text is embedded."""
+
+
+def configuration_name(
+    models: Sequence[str],
+    layers: Sequence[Sequence[int]],
+    pooling: str,
+    fusion: str,
+    model_fusion: str = "concat",
+    namespace: str = "lafusion",
+) -> str:
+    """The MTEB model name of one configuration, e.g. ``lafusion/smollm2-135m__L12-16-20__mean__concat``.
+
+    Several models are joined with ``+`` and get the model fusion as a last part
+    (``lafusion/smollm2-135m__L15+gemma3-270m__L9__mean__concat__concat``). Pass resolved, non-negative
+    layer indices so that ``-1`` and ``30`` of a 30-layer model do not give two names for one model.
+
+    Args:
+        models: Model short names (or folder names), one per model.
+        layers: The selected ``hidden_states`` indices of each model.
+        pooling: Pooling mode.
+        fusion: Fusion of each model's layers.
+        model_fusion: Fusion across models (named only when there are several).
+        namespace: The part before ``/``.
+    """
+    if len(models) != len(layers) or not models:
+        raise ValueError(f"Give one layer list per model, got models {list(models)} and layers {list(layers)}.")
+    members = "+".join(f"{Path(model).name}__L{'-'.join(str(layer) for layer in model_layers)}" for model, model_layers in zip(models, layers))
+    name = f"{namespace}/{members}__{pooling}__{fusion}"
+    return f"{name}__{model_fusion}" if len(models) > 1 else name
+
+
+def make_model_meta(
+    encoder: TextEncoder,
+    name: str,
+    *,
+    revision: str | None = None,
+    n_parameters: int | None = None,
+    embed_dim: int | None = None,
+    framework: Sequence[str] | None = None,
+    max_tokens: int | None = None,
+    license: str | None = None,
+    reference: str | None = None,
+    adapted_from: str | None = None,
+    open_weights: bool | None = None,
+) -> ModelMeta:
+    """An MTEB ``ModelMeta`` for one configuration of an encoder.
+
+    What a torch model can tell is read from it; an encoder that is not a torch module (the ONNX Runtime
+    encoder) must be told its ``revision``, ``n_parameters`` and ``framework``.
+
+    Args:
+        encoder: The encoder.
+        name: ``organisation/model`` name that identifies the configuration (see :func:`configuration_name`).
+        revision: Version of the weights; default: the first 16 hex digits of a SHA-256 over the module
+            structure and every parameter and buffer, so the same weights and settings give the same revision.
+        n_parameters: Parameter count; default: counted on the torch module.
+        embed_dim: Embedding dimension; default: asked from the encoder, else measured on one text.
+        framework: MTEB framework names; default ``["Sentence Transformers", "PyTorch"]`` for a
+            SentenceTransformer, ``["PyTorch"]`` for another torch module.
+        max_tokens: Token limit; default: the encoder's ``max_seq_length`` if it has one.
+        license: License of the weights (an MTEB license name or a URL).
+        reference: URL describing the model.
+        adapted_from: Name of the model this configuration is built from.
+        open_weights: Whether the weights are openly available.
+
+    Raises:
+        ValueError: If a field that cannot be read from a non-torch encoder is not given.
+    """
+    if "/" not in name:
+        raise ValueError(f"Model name {name!r} must look like 'organisation/model' (MTEB's convention).")
+    is_torch = isinstance(encoder, torch.nn.Module)
+    missing = [field for field, value in (("revision", revision), ("n_parameters", n_parameters), ("framework", framework)) if value is None]
+    if not is_torch and missing:
+        raise ValueError(f"{type(encoder).__name__} is not a torch module: pass {', '.join(missing)} to make_model_meta.")
+    if framework is None:
+        framework = ["Sentence Transformers", "PyTorch"] if isinstance(encoder, SentenceTransformer) else ["PyTorch"]
+    parameters = list(encoder.parameters()) if is_torch else []
+    return ModelMeta.create_empty(
+        overwrites=dict(
+            name=name,
+            revision=revision or _fingerprint(encoder),
+            n_parameters=n_parameters if n_parameters is not None else sum(p.numel() for p in parameters),
+            memory_usage_mb=round(sum(p.numel() * p.element_size() for p in parameters) / 2**20, 1) if is_torch else None,
+            embed_dim=embed_dim if embed_dim is not None else _embedding_dimension(encoder),
+            framework=list(framework),
+            max_tokens=max_tokens if max_tokens is not None else getattr(encoder, "max_seq_length", None),
+            similarity_fn_name=ScoringFunction.COSINE,
+            use_instructions=False,
+            license=license,
+            reference=reference,
+            adapted_from=adapted_from,
+            open_weights=open_weights,
+        )
+    )
+
+
+class CachedEncoder:
+    """Embeds each distinct text once, checks every new vector, and remembers it.
+
+    Keyed by the text itself, so repeated texts (the training rows shared by MTEB's ten experiments and
+    the paper protocol, the same test split under both protocols) cost one model pass. One instance per
+    model configuration: the cache is only valid for the encoder it wraps.
+
+    Args:
+        encoder: Anything with SentenceTransformer's ``encode``.
+        embedding_dimension: Expected width of every vector; default: that of the first batch.
+    """
+
+    def __init__(self, encoder: TextEncoder, embedding_dimension: int | None = None) -> None:
+        self.encoder = encoder
+        self.embedding_dimension = embedding_dimension
+        self._vectors: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        """Number of distinct texts embedded so far."""
+        return len(self._vectors)
+
+    def encode(self, sentences: Sequence[str], batch_size: int = 32, show_progress_bar: bool = False, **_: Any) -> np.ndarray:
+        """``[len(sentences), dim]`` float32 embeddings, computing only texts not seen before.
+
+        Raises:
+            ValueError: If the encoder returns the wrong shape or a non-finite value (the message names
+                the first offending text); nothing is cached from such a batch.
+        """
+        missing = list(dict.fromkeys(text for text in sentences if text not in self._vectors))
+        if missing:
+            vectors = self.encoder.encode(missing, batch_size=batch_size, show_progress_bar=show_progress_bar, convert_to_numpy=True)
+            vectors = self._checked(vectors, missing)
+            self._vectors.update(zip(missing, vectors))
+        if not sentences:
+            return np.empty((0, self.embedding_dimension or 0), dtype=np.float32)
+        return np.stack([self._vectors[text] for text in sentences])
+
+    def _checked(self, vectors: Any, texts: list[str]) -> np.ndarray:
+        if isinstance(vectors, torch.Tensor):
+            vectors = vectors.detach().cpu().numpy()
+        vectors = np.asarray(vectors, dtype=np.float32)
+        expected = (len(texts), self.embedding_dimension or (vectors.shape[-1] if vectors.ndim == 2 else "dim"))
+        if vectors.shape != expected:
+            raise ValueError(f"{type(self.encoder).__name__}.encode returned shape {vectors.shape} for {len(texts)} texts; expected {expected}.")
+        bad_rows = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+        if bad_rows.size:
+            raise ValueError(
+                f"{type(self.encoder).__name__}.encode returned NaN or infinite values for {bad_rows.size} of {len(texts)} "
+                f"texts, the first being {texts[bad_rows[0]][:80]!r}."
+            )
+        self.embedding_dimension = vectors.shape[1]
+        return vectors
+
+
+class MTEBEncoder(AbsEncoder):
+    """MTEB's encoder protocol over a :class:`CachedEncoder`, carrying the configuration's ``ModelMeta``.
+
+    Texts are embedded as they are, without task prompts: lafusion's embedders use none, and the
+    literature's protocol embeds the plain text.
+
+    Args:
+        encoder: The encoder, or a :class:`CachedEncoder` to share its cache between calls.
+        meta: The configuration's metadata (see :func:`make_model_meta`).
+    """
+
+    def __init__(self, encoder: TextEncoder, meta: ModelMeta) -> None:
+        self.model = encoder if isinstance(encoder, CachedEncoder) else CachedEncoder(encoder, meta.embed_dim)
+        self.mteb_model_meta = meta
+
+    def encode(
+        self,
+        inputs: DataLoader[BatchedInput],
+        *,
+        task_metadata: TaskMetadata,
+        hf_split: str,
+        hf_subset: str,
+        prompt_type: PromptType | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        texts = [text for batch in inputs for text in batch["text"]]
+        return self.model.encode(texts, batch_size=kwargs.get("batch_size", 32), show_progress_bar=kwargs.get("show_progress_bar", False))
+
+
+def evaluate_encoder(
+    encoder: TextEncoder,
+    tasks: Sequence[AbsTask | str],
+    results_folder: str | Path,
+    *,
+    meta: ModelMeta | None = None,
+    name: str | None = None,
+    batch_size: int = 32,
+    overwrite: bool = False,
+    show_progress_bar: bool = False,
+) -> mteb.results.ModelResult:
+    """Evaluate an encoder on tasks with ``mteb.evaluate`` and write MTEB result JSON.
+
+    Example::
+
+        model = build_fused_model("smollm2-135m", layers=[12, 16, 20])
+        tasks = get_tasks(["sst2", "r8"]) + get_tasks(["sst2", "r8"], protocol="paper", max_train=2000)
+        evaluate_encoder(model, tasks, "eval/results", name="lafusion/smollm2-135m__L12-16-20__mean__concat")
+
+    Args:
+        encoder: A SentenceTransformer, the ONNX Runtime encoder, a :class:`CachedEncoder` (to reuse its
+            embeddings across calls), or anything with SentenceTransformer's ``encode``.
+        tasks: Task objects, or names for :func:`lafusion_st.mteb_tasks.get_tasks` (standard protocol).
+        results_folder: Root of MTEB's result cache; created if missing.
+        meta: The configuration's metadata; default ``make_model_meta(encoder, name)``.
+        name: Configuration name, used when ``meta`` is not given.
+        batch_size: Encoding batch size.
+        overwrite: Re-run tasks whose results already exist (default: MTEB reuses them).
+        show_progress_bar: Show MTEB's and the encoder's progress bars.
+
+    Returns:
+        MTEB's ``ModelResult`` (``result.task_results[i].get_score()`` is the main score).
+
+    Raises:
+        ValueError: Neither ``meta`` nor ``name``, an invalid task, or a bad embedding (see :class:`CachedEncoder`).
+        ResultsFolderError: If ``results_folder`` cannot be created or written.
+    """
+    if meta is None:
+        if name is None:
+            raise ValueError("Give the configuration's name (or a ModelMeta) so its results are filed under it.")
+        meta = make_model_meta(encoder.encoder if isinstance(encoder, CachedEncoder) else encoder, name)
+    task_objects = [task for task in tasks if isinstance(task, AbsTask)]
+    task_names = [task for task in tasks if not isinstance(task, AbsTask)]
+    task_objects += get_tasks(task_names) if task_names else []
+    cache = mteb.ResultCache(_writable_folder(Path(results_folder)))
+    return mteb.evaluate(
+        MTEBEncoder(encoder, meta),
+        task_objects,
+        cache=cache,
+        overwrite_strategy="always" if overwrite else "only-missing",
+        encode_kwargs={"batch_size": batch_size, "show_progress_bar": show_progress_bar},
+        show_progress_bar=show_progress_bar,
+        raise_error=True,
+        co2_tracker=False,
+    )
+
+
+@dataclass(frozen=True)
+class EncoderCost:
+    """What one configuration costs at inference time, measured on a fixed list of texts.
+
+    Attributes:
+        embedding_dimension: Width of the vectors.
+        n_parameters: Parameters of the torch module (``None`` for a non-torch encoder).
+        peak_rss_mb: Peak resident memory of the whole process while encoding, in MiB: weights,
+            activations, and the Python/torch runtime. Measure in a fresh process per configuration for a
+            figure that belongs to that configuration alone.
+        rss_before_mb: Resident memory just before encoding (the difference is the encoding's own peak).
+        sentences_per_second: Texts encoded per second in the fastest of ``repeats`` passes, after one
+            warm-up batch (the fastest pass is the one least disturbed by other processes).
+        n_texts: Number of texts timed.
+        batch_size: Batch size used.
+        repeats: Number of timed passes.
+    """
+
+    embedding_dimension: int
+    n_parameters: int | None
+    peak_rss_mb: float
+    rss_before_mb: float
+    sentences_per_second: float
+    n_texts: int
+    batch_size: int
+    repeats: int
+
+
+def measure_cost(
+    encoder: TextEncoder, texts: Sequence[str], batch_size: int = 32, repeats: int = 3, sample_interval_s: float = 0.005
+) -> EncoderCost:
+    """Time ``encoder.encode(texts)`` and sample the process's resident memory while it runs.
+
+    Why RSS and not tracemalloc or torch's allocator statistics: tracemalloc sees only Python's own
+    allocations, not torch's tensors, and torch keeps no allocator statistics on CPU; RSS sees everything,
+    including ONNX Runtime's memory. It is sampled by a thread every ``sample_interval_s``, so a spike
+    shorter than that can be missed.
+
+    Args:
+        encoder: The encoder (its own ``encode``, no cache).
+        texts: The texts to time; the first ``batch_size`` are encoded once before, as a warm-up.
+        batch_size: Encoding batch size.
+        repeats: Timed passes over ``texts``; the fastest counts.
+        sample_interval_s: Memory sampling period.
+    """
+    if not texts or repeats < 1:
+        raise ValueError(f"measure_cost needs at least one text and one repeat, got {len(texts)} texts and {repeats} repeats.")
+    texts = list(texts)
+    encoder.encode(texts[:batch_size], batch_size=batch_size, convert_to_numpy=True)
+    process = psutil.Process()
+    rss_before = process.memory_info().rss
+    peak = [rss_before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(sample_interval_s):
+            peak[0] = max(peak[0], process.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    elapsed = []
+    try:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            vectors = encoder.encode(texts, batch_size=batch_size, convert_to_numpy=True)
+            elapsed.append(time.perf_counter() - start)
+    finally:
+        done.set()
+        sampler.join()
+    peak[0] = max(peak[0], process.memory_info().rss)
+    return EncoderCost(
+        embedding_dimension=int(np.asarray(vectors).shape[1]),
+        n_parameters=sum(p.numel() for p in encoder.parameters()) if isinstance(encoder, torch.nn.Module) else None,
+        peak_rss_mb=round(peak[0] / 2**20, 1),
+        rss_before_mb=round(rss_before / 2**20, 1),
+        sentences_per_second=round(len(texts) / min(elapsed), 2),
+        n_texts=len(texts),
+        batch_size=batch_size,
+        repeats=repeats,
+    )
+
+
+def _embedding_dimension(encoder: TextEncoder) -> int:
+    for method in ("get_embedding_dimension", "get_sentence_embedding_dimension"):
+        dimension = getattr(encoder, method, lambda: None)()
+        if dimension is not None:
+            return int(dimension)
+    return int(np.asarray(encoder.encode(["dimension probe"], convert_to_numpy=True)).shape[1])
+
+
+def _fingerprint(module: torch.nn.Module) -> str:
+    """SHA-256 over the module's printed structure (its settings) and every tensor of its state."""
+    digest = hashlib.sha256(repr(module).encode())
+    for key, tensor in module.state_dict().items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:16]
+
+
+def _writable_folder(folder: Path) -> Path:
+    """Create ``folder`` and prove it writable, so a bad path fails before hours of embedding."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ResultsFolderError(f"Cannot write results to {folder}: {err.strerror or err}.") from err
+    return folder

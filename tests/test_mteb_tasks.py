@@ -1,0 +1,248 @@
+"""MTEB tasks over the bundled data, both protocols, and the evaluation entry point."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import zlib
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mteb.abstasks.task_metadata import TaskMetadata
+from mteb.results import TaskResult
+
+from lafusion_st import build_fused_model
+from lafusion_st.data import LabeledTexts, load_bundled
+from lafusion_st.evaluation import (
+    CachedEncoder,
+    ResultsFolderError,
+    configuration_name,
+    evaluate_encoder,
+    make_model_meta,
+    measure_cost,
+)
+from lafusion_st.mteb_tasks import (
+    PROTOCOLS,
+    TASKS,
+    BundledClassificationTask,
+    SST2Classification,
+    get_tasks,
+    task_variant,
+)
+
+EXPECTED_SIZES = {"sst2": (67349, 872, 2), "mr": (7108, 3554, 2), "r8": (5485, 2189, 8), "r52": (6532, 2568, 52)}
+DIMENSION = 16
+
+
+class HashingEncoder:
+    """A fast deterministic bag-of-words encoder that records every text it is asked to embed."""
+
+    def __init__(self, corrupt: str | None = None) -> None:
+        self.seen: list[str] = []
+        self.corrupt = corrupt
+
+    def encode(self, sentences, batch_size=32, show_progress_bar=False, convert_to_numpy=True):
+        self.seen.extend(sentences)
+        vectors = np.zeros((len(sentences), DIMENSION), dtype=np.float32)
+        for row, text in enumerate(sentences):
+            for word in text.split():
+                vectors[row, zlib.crc32(word.encode()) % DIMENSION] += 1.0
+        if self.corrupt == "nan":
+            vectors[-1, 0] = np.nan
+        elif self.corrupt == "wide":
+            vectors = np.hstack([vectors, vectors])
+        elif self.corrupt == "short":
+            vectors = vectors[:-1]
+        return vectors
+
+
+def hashing_meta(encoder: HashingEncoder, name: str = "test/hashing"):
+    return make_model_meta(encoder, name, revision="r1", n_parameters=0, framework=["NumPy"], embed_dim=DIMENSION)
+
+
+def result_files(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.rglob("*") if path.is_file())
+
+
+class MismatchedLabels(BundledClassificationTask):
+    metadata = SST2Classification.metadata.model_copy(update={"name": "MismatchedLabelsClassification"})
+
+    def load_splits(self) -> tuple[LabeledTexts, LabeledTexts]:
+        return LabeledTexts(["good", "bad", "fine"], [0, 1, 1]), LabeledTexts(["great", "awful"], [0, 2])
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_bundled_task_loads_by_name_with_the_bundled_labels(name: str) -> None:
+    (task,) = get_tasks([name])
+    assert get_tasks([task.metadata.name])[0].metadata.name == task.metadata.name
+    task.load_data()
+    n_train, n_test, n_classes = EXPECTED_SIZES[name]
+    assert (len(task.dataset["train"]), len(task.dataset["test"])) == (n_train, n_test)
+    names = task.dataset["train"].features["label"].names
+    assert len(names) == n_classes
+    for split in ("train", "test"):
+        original = load_bundled(name, split)
+        assert task.dataset[split]["text"] == original.texts
+        assert [names[i] for i in task.dataset[split]["label"]] == [str(label) for label in original.labels]
+
+
+def test_get_tasks_returns_the_four_bundled_tasks_in_order() -> None:
+    assert [type(task) for task in get_tasks()] == list(TASKS.values())
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("name", list(TASKS))
+def test_task_metadata_validates_and_names_the_bundled_files(name: str, protocol: str) -> None:
+    (task,) = get_tasks([name], protocol=protocol)
+    metadata = TaskMetadata.model_validate(task.metadata.model_dump())
+    metadata._validate_metadata()
+    assert metadata.is_filled()
+    digests = []
+    for split in ("train", "test"):
+        with (resources.files("lafusion_st") / "datasets" / f"{name}_{split}.jsonl.gz").open("rb") as fh:
+            digests.append(hashlib.sha256(gzip.decompress(fh.read())).hexdigest()[:12])
+    assert metadata.revision == "-".join(digests)
+
+
+def test_variants_have_distinct_names_and_settings() -> None:
+    variants = {
+        (protocol, sample): task_variant(SST2Classification, protocol, *sample)
+        for protocol in PROTOCOLS
+        for sample in ((None, None), (200, 100))
+    }
+    assert len({cls.metadata.name for cls in variants.values()}) == 4
+    assert variants["standard", (None, None)] is SST2Classification
+    assert task_variant(SST2Classification, "paper", 200, 100) is variants["paper", (200, 100)]
+    standard, paper = variants["standard", (200, 100)], variants["paper", (200, 100)]
+    assert (standard.n_experiments, standard.samples_per_label) == (10, 8)
+    assert paper.n_experiments == 1 and paper.samples_per_label >= EXPECTED_SIZES["sst2"][0]
+    assert paper.metadata.revision != SST2Classification.metadata.revision
+
+
+def test_subsample_is_stratified_and_keeps_every_label() -> None:
+    (task,) = get_tasks(["r52"], max_train=300, max_test=100, seed=1)
+    task.load_data()
+    assert (len(task.dataset["train"]), len(task.dataset["test"])) == (300, 100)
+    for split in ("train", "test"):
+        assert len(set(task.dataset[split]["label"])) == 52
+
+
+def test_protocols_train_on_the_expected_rows_and_each_text_is_encoded_once(tmp_path: Path) -> None:
+    encoder = HashingEncoder()
+    standard = get_tasks(["mr"], max_train=200, max_test=40)
+    paper = get_tasks(["mr"], protocol="paper", max_train=200, max_test=40)
+    evaluate_encoder(CachedEncoder(encoder), standard + paper, tmp_path, meta=hashing_meta(encoder))
+    paper[0].load_data()
+    train, test = paper[0].dataset["train"]["text"], paper[0].dataset["test"]["text"]
+    assert len(encoder.seen) == len(set(encoder.seen)), "a text was embedded twice"
+    assert set(encoder.seen) == set(train) | set(test)  # the paper protocol uses every training row
+    # MTEB's protocol alone: 8 rows per label in each of 10 experiments, so at most 160 of the 200.
+    alone = HashingEncoder()
+    evaluate_encoder(alone, get_tasks(["mr"], max_train=200, max_test=40), tmp_path / "alone", meta=hashing_meta(alone))
+    assert 16 <= len(set(alone.seen) & set(train)) <= 160
+
+
+def test_fused_model_writes_mteb_results_with_its_model_meta(tiny_models: dict[str, str], tmp_path: Path) -> None:
+    model = build_fused_model(tiny_models["llama"], layers=[2, 4])
+    name = configuration_name(["tiny-llama"], [[2, 4]], "mean", "concat")
+    tasks = get_tasks(["sst2"], max_train=40, max_test=20) + get_tasks(["sst2"], protocol="paper", max_train=40, max_test=20)
+    result = evaluate_encoder(model, tasks, tmp_path, name=name, batch_size=8)
+    meta = json.loads(next(tmp_path.rglob("model_meta.json")).read_text())
+    assert meta["name"] == "lafusion/tiny-llama__L2-4__mean__concat"
+    assert meta["n_parameters"] == sum(p.numel() for p in model.parameters())
+    assert meta["embed_dim"] == 2 * 32
+    assert meta["framework"] == ["Sentence Transformers", "PyTorch"]
+    assert len(meta["revision"]) == 16
+    for task in tasks:
+        path = tmp_path / "results" / "lafusion__tiny-llama__L2-4__mean__concat" / meta["revision"] / f"{task.metadata.name}.json"
+        score = TaskResult.from_disk(path).get_score()
+        assert 0.0 <= score <= 1.0
+    assert sorted(r.task_name for r in result.task_results) == sorted(t.metadata.name for t in tasks)
+
+
+def test_label_set_mismatch_is_a_clear_error_and_writes_nothing(tmp_path: Path) -> None:
+    encoder = HashingEncoder()
+    with pytest.raises(ValueError, match=r"only in train: \[1\]; only in test: \[2\]"):
+        evaluate_encoder(encoder, [MismatchedLabels()], tmp_path, meta=hashing_meta(encoder))
+    assert encoder.seen == [] and result_files(tmp_path) == []
+
+
+def test_results_folder_under_a_regular_file_fails_before_encoding(tmp_path: Path) -> None:
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    encoder = HashingEncoder()
+    with pytest.raises(ResultsFolderError, match="not_a_folder"):
+        evaluate_encoder(encoder, get_tasks(["mr"], max_train=20, max_test=10), blocker / "results", meta=hashing_meta(encoder))
+    assert encoder.seen == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_read_only_results_folder_fails_before_encoding(tmp_path: Path) -> None:
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    encoder = HashingEncoder()
+    try:
+        with pytest.raises(ResultsFolderError, match="read_only"):
+            evaluate_encoder(encoder, get_tasks(["mr"], max_train=20, max_test=10), folder, meta=hashing_meta(encoder))
+    finally:
+        folder.chmod(0o700)
+    assert encoder.seen == []
+
+
+@pytest.mark.parametrize(("corrupt", "message"), [("nan", "NaN or infinite"), ("wide", r"shape \(\d+, 32\)"), ("short", "shape")])
+def test_bad_embeddings_are_clear_errors_and_write_nothing(tmp_path: Path, corrupt: str, message: str) -> None:
+    encoder = HashingEncoder(corrupt)
+    with pytest.raises(ValueError, match=message):
+        evaluate_encoder(encoder, get_tasks(["mr"], max_train=20, max_test=10), tmp_path, meta=hashing_meta(encoder))
+    assert result_files(tmp_path) == []
+
+
+def test_get_tasks_rejects_what_it_cannot_run() -> None:
+    with pytest.raises(ValueError, match="Unknown task 'sst3'.*'sst2'"):
+        get_tasks(["sst3"])
+    with pytest.raises(ValueError, match="Unknown protocol 'leaderboard'"):
+        get_tasks(["sst2"], protocol="leaderboard")
+    with pytest.raises(ValueError, match="bundled tasks"):
+        get_tasks(["Banking77Classification"], max_train=100)
+    with pytest.raises(ValueError, match="only classification"):
+        get_tasks(["STS12"])
+    with pytest.raises(ValueError, match="max_test must be a positive"):
+        get_tasks(["sst2"], max_test=0)
+
+
+def test_mteb_builtin_classification_task_resolves_in_both_protocols() -> None:
+    standard, paper = get_tasks(["Banking77Classification"]) + get_tasks(["Banking77Classification"], protocol="paper")
+    assert paper.metadata.name == "Banking77Classification.paper" and paper.n_experiments == 1
+    assert paper.metadata.dataset == standard.metadata.dataset  # still loads the same hub revision
+
+
+def test_model_meta_of_a_non_torch_encoder_needs_what_cannot_be_read() -> None:
+    with pytest.raises(ValueError, match="revision, n_parameters, framework"):
+        make_model_meta(HashingEncoder(), "test/hashing")
+    with pytest.raises(ValueError, match="organisation/model"):
+        make_model_meta(HashingEncoder(), "hashing", revision="r", n_parameters=0, framework=["NumPy"])
+    assert hashing_meta(HashingEncoder()).embed_dim == DIMENSION
+
+
+def test_configuration_names() -> None:
+    assert configuration_name(["smollm2-135m"], [[12, 16, 20]], "mean", "concat") == "lafusion/smollm2-135m__L12-16-20__mean__concat"
+    assert (
+        configuration_name(["smollm2-135m", "/models/gemma3-270m"], [[15], [9]], "last", "concat", "mean")
+        == "lafusion/smollm2-135m__L15+gemma3-270m__L9__last__concat__mean"
+    )
+    with pytest.raises(ValueError, match="one layer list per model"):
+        configuration_name(["a", "b"], [[1]], "mean", "concat")
+
+
+def test_measure_cost_reports_the_model_it_measured(tiny_models: dict[str, str]) -> None:
+    model = build_fused_model(tiny_models["llama"], layers=[1, 3], fusion="mean")
+    cost = measure_cost(model, ["the movie was good"] * 20, batch_size=4)
+    assert cost.embedding_dimension == 32
+    assert cost.n_parameters == sum(p.numel() for p in model.parameters())
+    assert cost.sentences_per_second > 0 and cost.peak_rss_mb >= cost.rss_before_mb > 0
+    assert (cost.n_texts, cost.batch_size) == (20, 4)
