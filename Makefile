@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/lafusion embed -m smollm2-135m -l 8,12,15 "a gripping, beautifully acted film" "the plot is a mess" ""
+	$(BIN)/lafusion run
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -15,6 +15,8 @@ from lafusion_st.fusion import FUSION_MODES
 from lafusion_st.pooling import POOLING_MODES
 
 Command = Callable[[argparse.Namespace], int | None]
+DEFAULT_MODELS = ["smollm2-135m"]
+DEFAULT_RUN_TASK = "sst2"
 
 
 def parse_layers(text: str) -> list[int]:
@@ -89,6 +91,82 @@ def cmd_embed(args: argparse.Namespace) -> None:
             print(f"{vector.shape[0]}-d [{preview}, ...]  {text[:60]!r}")
 
 
+def add_task_arguments(parser: argparse.ArgumentParser) -> None:
+    from lafusion_st.data import BUNDLED_DATASETS
+
+    data = parser.add_argument_group("task data: a bundled dataset, or your own train/test files (CSV, TSV, JSONL)")
+    data.add_argument("--task", choices=BUNDLED_DATASETS, help="bundled dataset")
+    data.add_argument("--train", help="your training file")
+    data.add_argument("--test", help="your test file")
+    data.add_argument("--text-col", default="text", help="text column/field of your files (default: text)")
+    data.add_argument("--label-col", default="label", help="label column/field of your files (default: label)")
+    data.add_argument("--max-train", type=int, help="stratified subsample of the training split (default: all)")
+    data.add_argument("--max-test", type=int, help="stratified subsample of the test split (default: all)")
+    data.add_argument("--seed", type=int, default=0, help="seed of the subsamples and CV folds (default: 0)")
+
+
+def load_task_from_args(args: argparse.Namespace):
+    from lafusion_st.data import load_task
+
+    if bool(args.task) == bool(args.train or args.test):
+        raise SystemExit("lafusion: give either --task NAME or --train FILE --test FILE")
+    train, test = load_task(args.task, args.train, args.test, text_col=args.text_col, label_col=args.label_col)
+    if args.max_train:
+        train = train.subsample(args.max_train, seed=args.seed)
+    if args.max_test:
+        test = test.subsample(args.max_test, seed=args.seed)
+    return args.task or args.train, train, test
+
+
+def add_selection_arguments(parser: argparse.ArgumentParser, default_models: list[str] | None = None) -> None:
+    parser.add_argument("--model", "-m", action="append", dest="models",
+                        help="model to scan (repeat for several); default: " + ", ".join(default_models or []))
+    parser.add_argument("--pooling", choices=POOLING_MODES, default="mean", help="token pooling (default: mean)")
+    parser.add_argument("--max-seq-length", type=int, default=256, help="token limit per text (default: 256)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threshold", type=float, default=0.002,
+                        help="smallest CV accuracy gain that adds a layer or a model (default: 0.002)")
+    parser.add_argument("--max-layers", type=int, default=4, help="most layers fused per model (default: 4)")
+    parser.add_argument("--output", "-o", default="lafusion-run", help="folder for report.json, layer_curves.png, model/")
+
+
+def cmd_scan(args: argparse.Namespace) -> None:
+    """Scan every layer of each model over a task's texts into the cache (no selection)."""
+    from lafusion_st.scan import scan_task
+
+    _, train, test = load_task_from_args(args)
+    scans = scan_task(args.models, train.texts, test.texts, poolings=args.poolings, max_seq_length=args.max_seq_length,
+                      batch_size=args.batch_size)
+    for split, by_model in (("train", scans.train), ("test", scans.test)):
+        for model, by_pooling in by_model.items():
+            for pooling, vectors in by_pooling.items():
+                print(f"{split:<6}{model:<16}{pooling:<6}{str(vectors.vectors.shape):<22}{vectors.cache_file}")
+
+
+def _run(args: argparse.Namespace, with_test: bool) -> None:
+    from lafusion_st.pipeline import RunSettings, format_table, run_task
+    from lafusion_st.probe import ProbeConfig
+
+    task, train, test = load_task_from_args(args)
+    settings = RunSettings(pooling=args.pooling, max_seq_length=args.max_seq_length, batch_size=args.batch_size,
+                           threshold=args.threshold, max_layers=args.max_layers, probe=ProbeConfig(seed=args.seed))
+    print(f"task {task}: {len(train)} train / {len(test)} test texts, {len(train.classes)} classes; models {args.models}")
+    result = run_task(str(task), train, test if with_test else None, args.models or DEFAULT_MODELS, args.output, settings)
+    print(format_table(result))
+    print(f"\nchosen layers {result.chosen_layers}; models {result.chosen_models}")
+    print(f"report {result.report_path}\nplot   {result.plot_path}\nmodel  {result.model_path}  (SentenceTransformer folder)")
+
+
+def cmd_select(args: argparse.Namespace) -> None:
+    """Scan, score every layer by CV on the training split, choose layers (and models), build the embedder."""
+    _run(args, with_test=False)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    """select, then evaluate last layer / best layer / fused / multi-model on the test split."""
+    _run(args, with_test=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lafusion",
@@ -120,12 +198,37 @@ def build_parser() -> argparse.ArgumentParser:
     embed_model.add_argument("--model-fusion", choices=FUSION_MODES, default="concat")
     embed_model.add_argument("--max-seq-length", type=int, default=256)
     embed.set_defaults(run=cmd_embed)
+    scan = verbs.add_parser("scan", help="cache every layer's pooled vectors of each model over a task")
+    add_task_arguments(scan)
+    scan.add_argument("--model", "-m", action="append", dest="models", required=True)
+    scan.add_argument("--pooling", action="append", dest="poolings", choices=POOLING_MODES,
+                      help="pooling mode(s), all from one forward pass (default: mean)")
+    scan.add_argument("--max-seq-length", type=int, default=256)
+    scan.add_argument("--batch-size", type=int, default=32)
+    scan.set_defaults(run=cmd_scan, poolings=None)
+
+    select = verbs.add_parser("select", help="choose layers (and models) by CV on the training split, build the embedder")
+    add_task_arguments(select)
+    add_selection_arguments(select, DEFAULT_MODELS)
+    select.set_defaults(run=cmd_select)
+
+    run = verbs.add_parser("run", help="scan -> select -> build -> test: the result table and the layer-curve plot",
+                           description="Default: SmolLM2-135M (4-bit-derived) on a 1000/500 stratified subsample of SST-2.")
+    add_task_arguments(run)
+    add_selection_arguments(run, DEFAULT_MODELS)
+    run.set_defaults(run=cmd_run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.verb == "scan" and not args.poolings:
+        args.poolings = ["mean"]
+    if args.verb in ("select", "run"):
+        args.models = args.models or list(DEFAULT_MODELS)
+        if args.verb == "run" and not (args.task or args.train or args.test):
+            args.task, args.max_train, args.max_test = DEFAULT_RUN_TASK, args.max_train or 1000, args.max_test or 500
     if args.verb == "embed" and not args.saved and not (args.models and args.layers):
         raise SystemExit("lafusion embed: give --saved FOLDER, or --model and --layers")
     return args.run(args) or 0
