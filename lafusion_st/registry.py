@@ -7,9 +7,13 @@ slow (it de-quantizes every tensor and rebuilds the tokenizer, 15-50 s), so the 
 *materialised* once into a plain Hugging Face folder (fp32 safetensors + tokenizer) under a
 cache directory; every later load is a plain, fast ``from_pretrained(folder)``.
 
-This module only resolves and materialises. It never sets ``trust_remote_code``, never
-downloads anything, and never edits a tokenizer beyond saving what the GGUF file holds
-(pad tokens and padding side are the business of the embedding modules).
+The tokenizer is not transformers' GGUF conversion, which breaks both models (Gemma 3 becomes a
+Unigram tokenizer with twice the tokens, SmolLM2 gets the wrong EOS, a BOS it should not add and
+no pad token): :mod:`lafusion_st.gguf_tokenizer` rebuilds it from the file's tokenizer metadata,
+with the BOS/EOS/pad/unknown tokens and the add-BOS/EOS flags the file states.
+
+This module only resolves and materialises. It never sets ``trust_remote_code`` and never
+downloads anything.
 """
 
 from __future__ import annotations
@@ -32,11 +36,13 @@ logger = logging.getLogger(__name__)
 MARKER_FILE = "lafusion_materialised.json"
 """Written last into a materialised folder; a folder without a valid one is rebuilt."""
 
-MARKER_FORMAT = 1
+MARKER_FORMAT = 2
+"""2: tokenizer rebuilt from the GGUF metadata (1 had transformers' GGUF conversion)."""
 CACHE_ENV = "LAFUSION_CACHE"
 
 # Texts used to check that the materialised folder reproduces the GGUF-loaded model.
-_PARITY_TEXTS = ("The movie was a delight from start to finish.", "Stocks fell sharply on Monday.")
+_PARITY_TEXTS = ("The movie was a delight from start to finish.", "Stocks fell sharply on Monday.",
+                 "Net profit rose 12.5 pct to 3,456 mln dlrs\n\nvs  2,931 mln in 1986.")
 
 
 @dataclass(frozen=True)
@@ -232,15 +238,19 @@ def materialise(name: str, cache_dir: str | Path | None = None, *, force: bool =
         if not force and is_materialised(target, model):  # another process just built it
             return target.resolve()
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.building-", dir=root))
+        replaced = tmp.with_name(tmp.name.replace(".building-", ".replaced-"))
         try:
             os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is meant to be shared
             _build(model, tmp)
             if target.exists():
+                # Renamed away, not deleted in place: readers of the shared cache then find
+                # either the old folder or the new one, missing only between two renames.
                 logger.info("Replacing invalid or outdated folder %s", target)
-                shutil.rmtree(target)
+                os.replace(target, replaced)
             os.replace(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(replaced, ignore_errors=True)
     logger.info("Materialised %s into %s", name, target)
     return target.resolve()
 
@@ -343,7 +353,9 @@ def _build(model: OfflineModel, out: Path) -> None:
     import torch
     import transformers
     from tqdm.auto import tqdm
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
+
+    from lafusion_st.gguf_tokenizer import tokenizer_from_gguf
 
     started = time.perf_counter()
     steps = ["locate", "assemble" if model.source == "gguf-chunks" else "hash",
@@ -369,8 +381,8 @@ def _build(model: OfflineModel, out: Path) -> None:
         size = gguf.stat().st_size
         bar.update()
 
-        step("load gguf (slow: de-quantizing and rebuilding the tokenizer)")
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        step("load gguf (slow: reading the tokenizer metadata and de-quantizing)")
+        tokenizer = tokenizer_from_gguf(gguf)
         gguf_model = AutoModel.from_pretrained(gguf.parent, gguf_file=gguf.name).eval()
         bar.update()
 
@@ -411,6 +423,7 @@ def _build(model: OfflineModel, out: Path) -> None:
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__,
         "parity_max_abs_diff": parity,
+        "tokenizer": "rebuilt from the GGUF tokenizer metadata by lafusion_st.gguf_tokenizer",
         "build_seconds": round(time.perf_counter() - started, 1),
         "note": "weights are 4-bit GGUF approximations de-quantized to fp32",
     }
@@ -421,7 +434,7 @@ def _parity(gguf_model: Any, gguf_tokenizer: Any, folder: Path) -> float:
     """Max abs difference over all hidden states, GGUF model vs the saved folder reloaded.
 
     Also checks that the saved tokenizer gives the same ids, since a tokenizer that drifted
-    on save would silently change every embedding.
+    on save would silently change every embedding, and that it decodes them back to the text.
     """
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -434,6 +447,8 @@ def _parity(gguf_model: Any, gguf_tokenizer: Any, folder: Path) -> float:
             ids = gguf_tokenizer(text, return_tensors="pt")
             if ids["input_ids"].tolist() != reloaded_tok(text, return_tensors="pt")["input_ids"].tolist():
                 raise RuntimeError(f"Saved tokenizer in {folder} tokenizes {text!r} differently")
+            if reloaded_tok.decode(ids["input_ids"][0], skip_special_tokens=True) != text:
+                raise RuntimeError(f"Saved tokenizer in {folder} does not decode {text!r} back")
             a = gguf_model(**ids, output_hidden_states=True).hidden_states
             b = reloaded(**ids, output_hidden_states=True).hidden_states
             worst = max(worst, max(float((x - y).abs().max()) for x, y in zip(a, b)))
