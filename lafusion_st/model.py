@@ -1,23 +1,39 @@
-"""FusedSentenceTransformer: a ``SentenceTransformer`` with input checks that fused embedders promise."""
+"""FusedSentenceTransformer: a ``SentenceTransformer`` that reads lafusion folders and checks its inputs."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 
+OWN_MODULES_PACKAGE = "lafusion_st.modules"
+
 
 class FusedSentenceTransformer(SentenceTransformer):
     """A ``SentenceTransformer`` that checks its inputs before encoding.
 
-    It loads and saves exactly like its parent (``FusedSentenceTransformer(path)`` or
-    ``SentenceTransformer(path)`` read the same folder and give the same vectors). What it adds to
+    It saves exactly like its parent, and ``FusedSentenceTransformer(path)`` and ``SentenceTransformer(path)``
+    read the same folder and give the same vectors; on sentence-transformers 6 the latter needs
+    ``trust_remote_code=True``, this class never does. What it adds to
     ``encode``: a ``TypeError`` naming the index of the first non-string input (before length sorting
     hides it), and an empty input list gives an empty ``(0, dim)`` array (or tensor) instead of a
     dimensionless one, so downstream code that stacks or indexes columns keeps working.
     """
+
+    def _load_module_class_from_ref(self, class_ref: str, *args: Any, **kwargs: Any) -> type:
+        """Import lafusion's own module classes directly; every other class goes through the parent's checks.
+
+        Why: sentence-transformers 6 refuses module classes outside its own package unless
+        ``trust_remote_code=True``, even from a local folder. lafusion's modules belong to the installed package
+        that defines this class, not to code shipped with the model, so reading a fused folder needs no flag.
+        """
+        if class_ref.startswith(OWN_MODULES_PACKAGE + "."):
+            module_path, class_name = class_ref.rsplit(".", 1)
+            return getattr(importlib.import_module(module_path), class_name)
+        return super()._load_module_class_from_ref(class_ref, *args, **kwargs)
 
     def encode(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
         texts = [inputs] if isinstance(inputs, str) else inputs

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoModel, PreTrainedTokenizerFast
 from transformers import BertConfig, Gemma3TextConfig, GPT2Config, LlamaConfig, Qwen2Config
 
@@ -24,7 +24,24 @@ NUM_LAYERS = 4
 HIDDEN = 32
 
 
+def _byte_level_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on WORDS. Why: transformers 5 loads any qwen2 folder's tokenizer as
+    ``Qwen2Tokenizer``, which rebuilds a byte-level BPE from the saved vocab and merges; a word-level vocab
+    would come back as nonsense tokens."""
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["[UNK]", "[PAD]", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    backend.train_from_iterator([" ".join(WORDS)], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", bos_token="<s>", eos_token="</s>")
+
+
 def _tokenizer(kind: str) -> PreTrainedTokenizerFast:
+    if kind == "decoder-byte-level":
+        return _byte_level_tokenizer()
     specials = ["[UNK]", "[PAD]", "<s>", "</s>", "[CLS]", "[SEP]"]
     vocab = {token: index for index, token in enumerate(specials + WORDS)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
@@ -47,7 +64,7 @@ def _configs(vocab_size: int) -> dict[str, tuple]:
     common = dict(vocab_size=vocab_size, hidden_size=HIDDEN, num_hidden_layers=NUM_LAYERS, intermediate_size=64)
     return {
         "llama": (LlamaConfig(**common, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128), "decoder"),
-        "qwen2": (Qwen2Config(**common, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128), "decoder"),
+        "qwen2": (Qwen2Config(**common, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128), "decoder-byte-level"),
         "gemma3": (
             Gemma3TextConfig(**common, num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=4,
                              max_position_embeddings=128),
@@ -66,14 +83,15 @@ DECODER_FAMILIES = ("llama", "qwen2", "gemma3", "gpt2")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Family name -> folder with a tiny random model and its tokenizer."""
     root = tmp_path_factory.mktemp("tiny_models")
-    vocab_size = len(WORDS) + 6
+    tokenizers = {kind: _tokenizer(kind) for kind in ("encoder", "decoder", "decoder-no-pad", "decoder-byte-level")}
+    vocab_size = max(len(tokenizer) for tokenizer in tokenizers.values())
     folders = {}
     for family, (config, tokenizer_kind) in _configs(vocab_size).items():
         torch.manual_seed(0)
         model = AutoModel.from_config(config)
         folder = Path(root, family)
         model.save_pretrained(folder)
-        _tokenizer(tokenizer_kind).save_pretrained(folder)
+        tokenizers[tokenizer_kind].save_pretrained(folder)
         folders[family] = str(folder)
     return folders
 

@@ -7,6 +7,7 @@ import logging
 
 import numpy as np
 import pytest
+import sentence_transformers
 import torch
 from conftest import DECODER_FAMILIES, NUM_LAYERS, SENTENCES
 from safetensors import safe_open
@@ -17,6 +18,11 @@ from lafusion_st import FusedSentenceTransformer, build_fused_model
 from lafusion_st.modules import TruncatedTransformer
 from lafusion_st.modules import truncated_transformer
 from lafusion_st.pooling import POOLING_MODES, pool
+
+# sentence-transformers 6 imports module classes from outside its own package only with trust_remote_code=True,
+# even from a local folder; FusedSentenceTransformer reads lafusion folders without it on every release.
+ST6 = int(sentence_transformers.__version__.split(".")[0]) >= 6
+PLAIN_LOAD_KWARGS = {"trust_remote_code": True} if ST6 else {}
 
 
 def reference_embeddings(folder: str, layers: list[int], pooling: str) -> np.ndarray:
@@ -81,8 +87,7 @@ def test_save_and_load_give_identical_embeddings(tiny_models, tmp_path, fusion) 
     model.save(str(tmp_path))
     with safe_open(str(tmp_path / "model.safetensors"), "pt") as weights:
         assert not any(".2." in name or ".3." in name for name in weights.keys()), "layers above 2 were saved"
-    for loader in (SentenceTransformer, FusedSentenceTransformer):
-        reloaded = loader(str(tmp_path))
+    for reloaded in (SentenceTransformer(str(tmp_path), **PLAIN_LOAD_KWARGS), FusedSentenceTransformer(str(tmp_path))):
         assert isinstance(reloaded[0], TruncatedTransformer)
         assert np.abs(reloaded.encode(SENTENCES) - before).max() == 0.0
 
@@ -99,7 +104,15 @@ def test_multi_model_fusion_save_load_and_values(tiny_models, tmp_path) -> None:
     np.testing.assert_allclose(fused, np.concatenate(singles, axis=1), atol=1e-6)
     model.save(str(tmp_path))
     assert json.loads((tmp_path / "multi_model_fuse_config.json").read_text())["member_names"] == ["0_llama", "1_bert", "2_gpt2"]
-    assert np.abs(SentenceTransformer(str(tmp_path)).encode(SENTENCES) - fused).max() == 0.0
+    for reloaded in (SentenceTransformer(str(tmp_path), **PLAIN_LOAD_KWARGS), FusedSentenceTransformer(str(tmp_path))):
+        assert np.abs(reloaded.encode(SENTENCES) - fused).max() == 0.0
+
+
+@pytest.mark.skipif(not ST6, reason="sentence-transformers < 6 trusts module classes in local folders")
+def test_plain_load_asks_for_trust_remote_code_on_st6(tiny_models, tmp_path) -> None:
+    build_fused_model([tiny_models["llama"], tiny_models["bert"]], layers=[1]).save(str(tmp_path))
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        SentenceTransformer(str(tmp_path))
 
 
 def test_multi_model_mean_needs_equal_dimensions(tiny_models) -> None:
@@ -113,7 +126,7 @@ def test_missing_member_folder_fails_clearly(tiny_models, tmp_path) -> None:
     build_fused_model([tiny_models["llama"], tiny_models["bert"]], layers=[1]).save(str(tmp_path))
     (tmp_path / "members" / "1_bert" / "modules.json").unlink()
     with pytest.raises(FileNotFoundError, match="Member '1_bert'"):
-        SentenceTransformer(str(tmp_path))
+        FusedSentenceTransformer(str(tmp_path))
 
 
 def test_per_model_settings_must_match_model_count(tiny_models) -> None:

@@ -12,6 +12,7 @@ from sentence_transformers import SentenceTransformer
 
 from lafusion_st._compat import InputModule
 from lafusion_st.fusion import FUSION_MODES, FusionMode, fuse, fused_dimension
+from lafusion_st.model import FusedSentenceTransformer
 from lafusion_st.modules.config_io import load_module_config
 
 WEIGHTS_FILE = "model.safetensors"
@@ -129,7 +130,7 @@ class MultiModelFuse(InputModule):
             member_path = os.path.join(root, "members", name)
             if not os.path.isfile(os.path.join(member_path, "modules.json")):
                 raise FileNotFoundError(f"Member {name!r} of this fused model is missing: no {member_path}/modules.json.")
-            members.append(SentenceTransformer(member_path, local_files_only=True, trust_remote_code=trust_remote_code))
+            members.append(FusedSentenceTransformer(member_path, local_files_only=True, trust_remote_code=trust_remote_code))
         weights = None
         if config["fusion"] == "weighted":
             weights_path = os.path.join(root, WEIGHTS_FILE)

@@ -23,12 +23,13 @@ by ``SentenceTransformer(path)``. What it adds:
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
 import torch
 
-from lafusion_st._compat import Transformer
+from lafusion_st._compat import OUTPUT_RECORDING_REGISTRY, Transformer
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,9 @@ class TruncatedTransformer(Transformer):
         self._fix_pad_token()
         self._empty_text_substitute = self._find_empty_text_substitute()
         self._warned_truncation = False
+        # From the signature, not ``model_forward_params``: sentence-transformers 6 sets that to None for
+        # models whose forward takes ``**kwargs`` (all of transformers 5).
+        self._takes_position_ids = "position_ids" in inspect.signature(self.auto_model.forward).parameters
 
     # ----------------------------------------------------------------------------------------- setup
     def _probe_reference(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -150,25 +154,38 @@ class TruncatedTransformer(Transformer):
             )
 
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        if "position_ids" not in features and "attention_mask" in features and "position_ids" in self.model_forward_params:
+        if "position_ids" not in features and "attention_mask" in features and self._takes_position_ids:
             features["position_ids"] = position_ids_from_mask(features["attention_mask"])
         return super().forward(features, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Drop transformers 5's hidden-state recording hooks before pickling (multi-process pools).
+
+        They are local closures, which pickle refuses (a plain ``Transformer`` with ``output_hidden_states``
+        fails the same way); clearing the model's ``_output_capturing_hooks_installed`` flag makes transformers
+        install them again on the next forward, here and in the worker. Nothing to drop before transformers 5.
+        """
+        for module in self.auto_model.modules():
+            for hook_id, hook in list(module._forward_hooks.items()):
+                if getattr(hook, "__module__", None) == "transformers.utils.output_capturing":
+                    del module._forward_hooks[hook_id]
+            if getattr(module, "_output_capturing_hooks_installed", False):
+                module._output_capturing_hooks_installed = False
+        return super().__getstate__()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Re-register output recording after unpickling (sentence-transformers' multi-process pools).
 
-        transformers 4.5x records ``hidden_states`` through a process-global registry that is filled when a
-        model is *constructed*; a model unpickled in a spawned worker skips that, and would silently return
-        no hidden states. Registering the classes again restores them.
+        transformers (4.5x and 5) records ``hidden_states`` through a process-global registry that is filled
+        when a model is *constructed*; a model unpickled in a spawned worker skips that, and would silently
+        return no hidden states. Registering the classes again restores them.
         """
         super().__setstate__(state)
-        try:
-            from transformers.utils.generic import _CAN_RECORD_REGISTRY
-        except ImportError:  # transformers releases without the registry need nothing
+        if OUTPUT_RECORDING_REGISTRY is None:
             return
         for module in self.auto_model.modules():
             if getattr(module, "_can_record_outputs", None):
-                _CAN_RECORD_REGISTRY.setdefault(str(type(module)), module._can_record_outputs)
+                OUTPUT_RECORDING_REGISTRY.setdefault(str(type(module)), module._can_record_outputs)
 
     def get_config_dict(self) -> dict[str, Any]:
         return {**super().get_config_dict(), "num_layers": self.num_layers, "source_num_layers": self.source_num_layers}
