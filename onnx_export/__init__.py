@@ -1,0 +1,44 @@
+"""ONNX export of lafusion embedders and an ONNX Runtime encoder with ``SentenceTransformer.encode``'s API.
+
+``export`` (torch, Optimum) writes a self-describing folder; ``ORTFusedEncoder`` serves it with only
+onnxruntime, numpy and tokenizers installed. The torch-side names are imported on first use (PEP 562), so
+``from onnx_export import ORTFusedEncoder`` works on a serving machine without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from onnx_export.encoder import ORTFusedEncoder
+from onnx_export.errors import (
+    ExportedModelError,
+    ParityError,
+    ProviderUnavailableError,
+    TokenizerMismatchError,
+    UnsupportedArchitectureError,
+)
+
+_NEEDS_TORCH = {
+    "export": "onnx_export.exporter",
+    "validate_export": "onnx_export.validation",
+    "compare_with_pytorch": "onnx_export.validation",
+    "add_export_arguments": "onnx_export.cli",
+    "export_command": "onnx_export.cli",
+}
+
+__all__ = [
+    "ExportedModelError",
+    "ORTFusedEncoder",
+    "ParityError",
+    "ProviderUnavailableError",
+    "TokenizerMismatchError",
+    "UnsupportedArchitectureError",
+    *_NEEDS_TORCH,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NEEDS_TORCH:
+        return getattr(importlib.import_module(_NEEDS_TORCH[name]), name)
+    raise AttributeError(f"module 'onnx_export' has no attribute {name!r}")
