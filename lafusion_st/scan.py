@@ -278,25 +278,32 @@ class LayerScanner:
         plan = [(chunk, self._chunk_batches(texts, *chunk)) for chunk in todo]
         progress = tqdm(total=sum(len(batches) for _, batches in plan), desc=f"scan {self.model}", unit="batch",
                         disable=not self.show_progress_bar)
-        with torch.inference_mode(), progress:
+        with progress:
             for (start, end), batches in plan:
                 buffers = {pooling: np.empty(self._chunk_shape(start, end), dtype=np.float32) for pooling in needs[(start, end)]}
                 for positions in batches:
-                    self._scan_batch([texts[index] for index in positions], positions - start, buffers)
+                    pooled = self.embed_batch([texts[index] for index in positions], list(buffers))
+                    for pooling, buffer in buffers.items():
+                        buffer[:, positions - start] = pooled[pooling]
                     progress.update(1)
                 for pooling, buffer in buffers.items():
                     missing[pooling].write_chunk(start, end, buffer)
 
-    def _scan_batch(self, texts: list[str], rows: np.ndarray, buffers: dict[str, np.ndarray]) -> None:
-        """One forward pass; every layer pooled with every requested mode into ``buffers[mode][:, rows]``."""
-        features = self.module.forward(self.preprocess(texts))
-        hidden_states = features["all_layer_embeddings"]
-        if len(hidden_states) != self.num_hidden_layers + 1:
-            raise RuntimeError(f"{self.model} returned {len(hidden_states)} hidden states, expected {self.num_hidden_layers + 1}.")
-        for pooling, buffer in buffers.items():
+    def embed_batch(self, texts: Sequence[str], poolings: Sequence[PoolingMode] | None = None) -> dict[str, np.ndarray]:
+        """One forward pass over one batch, every layer pooled: ``pooling -> [L + 1, len(texts), H]`` float32.
+
+        No cache is involved; :meth:`scan` calls this per batch. ``poolings`` defaults to :attr:`poolings`.
+        """
+        with torch.inference_mode():
+            features = self.module.forward(self.preprocess(texts))
+            hidden_states = features["all_layer_embeddings"]
+            if len(hidden_states) != self.num_hidden_layers + 1:
+                raise RuntimeError(f"{self.model} returned {len(hidden_states)} hidden states, expected {self.num_hidden_layers + 1}.")
             # Layer by layer rather than one stacked tensor: the same values without an [L+1, B, T, H] copy.
-            pooled = torch.stack([pool(layer, features["attention_mask"], pooling) for layer in hidden_states])
-            buffer[:, rows] = pooled.float().cpu().numpy()
+            return {
+                pooling: torch.stack([pool(layer, features["attention_mask"], pooling) for layer in hidden_states]).float().cpu().numpy()
+                for pooling in (poolings or self.poolings)
+            }
 
     def _sidecar_extra(self) -> dict[str, Any]:
         return {

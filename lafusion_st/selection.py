@@ -206,7 +206,7 @@ def greedy_layers(
     if scores is None:
         scores = layer_scores(vectors, labels, config, show_progress_bar=show_progress_bar)
     _check_scores(vectors, scores)
-    pool = sorted(set(range(vectors.shape[0]) if candidates is None else candidates))
+    pool = sorted({int(layer) for layer in (range(vectors.shape[0]) if candidates is None else candidates)})
     if not pool or not all(0 <= layer < vectors.shape[0] for layer in pool):
         raise ValueError(f"candidates must be non-empty layer indices in 0..{vectors.shape[0] - 1}, got {candidates!r}.")
     singles = {layer: scores[layer] for layer in pool}
