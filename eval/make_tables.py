@@ -36,7 +36,7 @@ from lafusion_st.mteb_tasks import TASKS
 COLUMNS = [
     "dataset", "role", "models", "embedder", "layers", "standard_accuracy", "standard_accuracy_sd", "paper_accuracy",
     "paper_macro_f1", "embedding_dimension", "parameters_millions", "peak_rss_mib", "model_rss_mib", "sentences_per_second",
-    "command",
+    "load_average", "command",
 ]  # fmt: skip
 DISPLAY_NAMES = {"sst2": "SST-2", "mr": "MR", "r8": "R8", "r52": "R52"}
 
@@ -97,6 +97,7 @@ def table_row(plan: Plan, configuration: Configuration, config_file: Path) -> di
             peak_rss_mib=f"{cost['peak_rss_mb']:.0f}",
             model_rss_mib=f"{cost['peak_rss_mb'] - cost['runtime_rss_mb']:.0f}",
             sentences_per_second=f"{cost['sentences_per_second']:.1f}",
+            load_average=cost["load_average_1min"],
         )
     config = config_file.resolve().relative_to(REPOSITORY) if config_file.resolve().is_relative_to(REPOSITORY) else config_file
     row["command"] = f"python eval/make_tables.py --config {config} --datasets {configuration.dataset} --only '{configuration.name}'"
@@ -123,7 +124,8 @@ def markdown(plan: Plan, rows: list[dict]) -> str:
         "Cost columns, measured in one fresh process per embedder on the first SST-2 test sentences (costs/*.json): "
         "params = parameters of the (truncated) model; memory = peak resident memory while encoding minus that of the "
         "process before the model was built (weights + activations; tables.csv also has the whole-process peak); "
-        "sent/s = fastest of the timed passes, batch size as configured. Rows are reproduced by their command "
+        "sent/s = fastest of the timed passes, batch size as configured; load = the machine's 1-minute load average "
+        "when it was measured (other jobs share the CPU: compare speeds only at similar load). Rows are reproduced by their command "
         "(add --overwrite to recompute existing results).",
         "",
         "## Summary: accuracy by dataset (standard / paper protocol)",
@@ -141,13 +143,13 @@ def markdown(plan: Plan, rows: list[dict]) -> str:
         dataset_rows = [row for row in rows if row["dataset"] == dataset]
         lines += ["", f"## {DISPLAY_NAMES[dataset]}", ""]
         lines += table(
-            ["role", "embedder", "standard acc", "paper acc", "paper macro-F1", "dim", "params (M)", "memory (MiB)", "sent/s"],
+            ["role", "embedder", "standard acc", "paper acc", "paper macro-F1", "dim", "params (M)", "memory (MiB)", "sent/s", "load"],
             [
                 [
                     row["role"], f"`{row['embedder']}`",
                     f"{row['standard_accuracy']} ± {row['standard_accuracy_sd']}" if row["standard_accuracy"] else "",
                     row["paper_accuracy"], row["paper_macro_f1"], row["embedding_dimension"], row["parameters_millions"],
-                    row["model_rss_mib"], row["sentences_per_second"],
+                    row["model_rss_mib"], row["sentences_per_second"], row["load_average"],
                 ]  # fmt: skip
                 for row in dataset_rows
             ],

@@ -167,6 +167,31 @@ def cmd_run(args: argparse.Namespace) -> None:
     _run(args, with_test=True)
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    """Evaluate a saved embedder (SentenceTransformer folder, or an ONNX export) on MTEB tasks."""
+    from pathlib import Path
+
+    from lafusion_st.evaluation import evaluate_encoder
+    from lafusion_st.mteb_tasks import get_tasks
+
+    if (Path(args.model) / "modules.json").is_file():
+        from lafusion_st.model import FusedSentenceTransformer
+
+        encoder = FusedSentenceTransformer(args.model, local_files_only=True)
+    else:
+        from onnx_export import ORTFusedEncoder
+
+        encoder = ORTFusedEncoder(args.model)
+    protocols = args.protocols or ["standard"]  # argparse's "append" would add to a list default
+    tasks = [task for protocol in protocols
+             for task in get_tasks(args.tasks, protocol=protocol, max_train=args.max_train, max_test=args.max_test)]
+    result = evaluate_encoder(encoder, tasks, args.results_folder, name=args.name or f"lafusion/{Path(args.model).name}",
+                              batch_size=args.batch_size, show_progress_bar=True)
+    for task_result in result.task_results:
+        print(f"{task_result.task_name:<28} main score {task_result.get_score():.4f}")
+    print(f"MTEB result JSON under {args.results_folder}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lafusion",
@@ -217,6 +242,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_task_arguments(run)
     add_selection_arguments(run, DEFAULT_MODELS)
     run.set_defaults(run=cmd_run)
+
+    from lafusion_st.mteb_tasks import PROTOCOLS, TASKS
+
+    evaluate = verbs.add_parser("eval", help="evaluate a saved embedder on the MTEB tasks (standard and/or paper protocol)",
+                                description="The results tables of eval/RESULTS.md: `python eval/make_tables.py`.")
+    evaluate.add_argument("model", help="saved SentenceTransformer folder or ONNX export folder")
+    evaluate.add_argument("--task", action="append", dest="tasks", choices=list(TASKS), help="task (repeatable; default: all four)")
+    evaluate.add_argument("--protocol", action="append", dest="protocols", choices=PROTOCOLS,
+                          help="standard (MTEB, leaderboard-comparable; the default) and/or paper (probe on the full training split)")
+    evaluate.add_argument("--max-train", type=int, help="stratified training subsample for the paper protocol")
+    evaluate.add_argument("--max-test", type=int, help="stratified test subsample")
+    evaluate.add_argument("--results-folder", default="lafusion-results", help="MTEB result cache (default: lafusion-results)")
+    evaluate.add_argument("--name", help="configuration name for ModelMeta (default: lafusion/<folder name>)")
+    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.set_defaults(run=cmd_eval)
+
+    from onnx_export.cli import EXPORT_HELP, add_export_arguments, export_command
+
+    export = verbs.add_parser("export", help=EXPORT_HELP)
+    add_export_arguments(export)
+    export.set_defaults(run=export_command)
     return parser
 
 

@@ -112,8 +112,9 @@ def make_model_meta(
 ) -> ModelMeta:
     """An MTEB ``ModelMeta`` for one configuration of an encoder.
 
-    What a torch model can tell is read from it; an encoder that is not a torch module (the ONNX Runtime
-    encoder) must be told its ``revision``, ``n_parameters`` and ``framework``.
+    What a torch model can tell is read from it; an encoder that is not a torch module must be told its
+    ``revision``, ``n_parameters`` and ``framework``, or expose them as attributes of those names (with
+    ``num_parameters`` for the count), as the ONNX Runtime encoder does.
 
     Args:
         encoder: The encoder.
@@ -131,11 +132,15 @@ def make_model_meta(
         open_weights: Whether the weights are openly available.
 
     Raises:
-        ValueError: If a field that cannot be read from a non-torch encoder is not given.
+        ValueError: If a field that cannot be read from a non-torch encoder is neither given nor exposed.
     """
     if "/" not in name:
         raise ValueError(f"Model name {name!r} must look like 'organisation/model' (MTEB's convention).")
     is_torch = isinstance(encoder, torch.nn.Module)
+    if not is_torch:  # e.g. ORTFusedEncoder, which describes its graphs itself
+        revision = revision or getattr(encoder, "revision", None)
+        n_parameters = n_parameters if n_parameters is not None else getattr(encoder, "num_parameters", None)
+        framework = framework or getattr(encoder, "framework", None)
     missing = [field for field, value in (("revision", revision), ("n_parameters", n_parameters), ("framework", framework)) if value is None]
     if not is_torch and missing:
         raise ValueError(f"{type(encoder).__name__} is not a torch module: pass {', '.join(missing)} to make_model_meta.")

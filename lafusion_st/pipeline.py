@@ -42,7 +42,7 @@ class RunSettings:
 
 @dataclass
 class RunResult:
-    """Rows of the result table (``name -> test score``), the chosen layers, and the files written."""
+    """Rows of the result table (``name -> test score``), the chosen layers, the scans, and the files written."""
 
     rows: dict[str, TestScore]
     cv: dict[str, ProbeScore]
@@ -51,6 +51,7 @@ class RunResult:
     report_path: Path
     plot_path: Path
     model_path: Path
+    scans: TaskScan
 
 
 def run_task(
@@ -112,13 +113,13 @@ def run_task(
         name = "multi-model " + " + ".join(f"{model} {selections[model].chosen}" for model in models)
         cv[name] = _cv_of_all(selections["models"], models)
         if test is not None:
-            rows[name] = _test_concat(scans, models, settings.pooling, {m: selections[m].chosen for m in models}, train, test,
+            rows[name] = score_fusion_on_test(scans, models, settings.pooling, {m: selections[m].chosen for m in models}, train, test,
                                       settings.probe)
         if len(chosen_models) < len(models):
             name = "greedy models " + " + ".join(chosen_models)
             cv[name] = selections["models"].score
             if test is not None:
-                rows[name] = _test_concat(scans, chosen_models, settings.pooling, {m: selections[m].chosen for m in chosen_models},
+                rows[name] = score_fusion_on_test(scans, chosen_models, settings.pooling, {m: selections[m].chosen for m in chosen_models},
                                           train, test, settings.probe)
 
     model_path = output_dir / "model"
@@ -133,7 +134,8 @@ def run_task(
                  test_scores=rows, probe_config=settings.probe,
                  settings={"pooling": settings.pooling, "max_seq_length": settings.max_seq_length, "num_train": len(train),
                            "num_test": len(test) if test is not None else 0, "models": models, "chosen_models": chosen_models, "model_path": str(model_path)})
-    return RunResult(rows, cv, {m: selections[m].chosen for m in models}, chosen_models, report_path, Path(plot_path), model_path)
+    return RunResult(rows, cv, {m: selections[m].chosen for m in models}, chosen_models, report_path, Path(plot_path), model_path,
+                     scans)
 
 
 def format_table(result: RunResult) -> str:
@@ -148,12 +150,16 @@ def format_table(result: RunResult) -> str:
 
 def _test(scans: TaskScan, model: str, pooling: str, layers: list[int], train: LabeledTexts, test: LabeledTexts,
           probe: ProbeConfig) -> TestScore:
-    return _test_concat(scans, [model], pooling, {model: layers}, train, test, probe)
+    return score_fusion_on_test(scans, [model], pooling, {model: layers}, train, test, probe)
 
 
-def _test_concat(scans: TaskScan, models: list[str], pooling: str, layers: dict[str, list[int]], train: LabeledTexts,
-                 test: LabeledTexts, probe: ProbeConfig) -> TestScore:
-    """Fit on the whole training split, score on test: the layout is that of the fused embedder."""
+def score_fusion_on_test(scans: TaskScan, models: list[str], pooling: str, layers: dict[str, list[int]], train: LabeledTexts,
+                         test: LabeledTexts, probe: ProbeConfig) -> TestScore:
+    """Test score of fusing ``layers`` of ``models`` (concatenated, the fused embedder's layout) from a scan.
+
+    The probe is fit on the whole training split and scored on the test split, so call this only for
+    configurations already chosen on training data.
+    """
     train_features = np.concatenate([scans.train[m][pooling].concat(layers[m]) for m in models], axis=1)
     test_features = np.concatenate([scans.test[m][pooling].concat(layers[m]) for m in models], axis=1)
     return fit_and_test(train_features, train.labels, test_features, test.labels, probe)

@@ -5,7 +5,7 @@ main CLI only wires them in::
 
     export_parser = subparsers.add_parser("export", help=EXPORT_HELP)
     add_export_arguments(export_parser)
-    export_parser.set_defaults(func=export_command)
+    export_parser.set_defaults(run=export_command)
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ Runtime alone produces the final vector.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,23 @@ class ORTFusedEncoder:
     @property
     def max_seq_length(self) -> int:
         return min(member.tokenizer.max_seq_length for member in self.members)
+
+    @property
+    def num_parameters(self) -> int:
+        """Parameters of the exported (truncated) members, counted at export time."""
+        return sum(int(spec["num_parameters"]) for spec in self.manifest["members"])
+
+    @property
+    def revision(self) -> str:
+        """First 16 hex digits of a SHA-256 over the checksums of the graphs in use: same graphs, same revision."""
+        graphs = [spec["graphs"][self.dtype]["files"] for spec in self.manifest["members"]]
+        if self.manifest["model_fusion"] is not None:
+            graphs.append(self.manifest["model_fusion"]["files"])
+        checksums = "".join(record["sha256"] for files in graphs for _, record in sorted(files.items()))
+        return hashlib.sha256(checksums.encode()).hexdigest()[:16]
+
+    framework: tuple[str, ...] = ("ONNX",)
+    """MTEB's framework name for this encoder (read by ``lafusion_st.evaluation.make_model_meta``)."""
 
     def get_embedding_dimension(self) -> int:
         return self.embedding_dimension

@@ -240,6 +240,7 @@ def _export_member(
         "fusion": layer_select.fusion if layer_select else None,
         "modules": [{"class": f"{type(module).__module__}.{type(module).__name__}", "config": _module_config(module)} for module in member],
         "embedding_dimension": member.get_embedding_dimension(),
+        "num_parameters": sum(parameter.numel() for parameter in member.parameters()),
         "inputs": inputs,
         "tokenizer": {
             "file": "tokenizer.json",

@@ -19,7 +19,8 @@ Schema (format version 1)::
         "num_layers": int, "source_num_layers": int,          # layers kept in the graph / in the source
         "layers": [int], "pooling": str, "fusion": str,       # LayerSelect settings
         "modules": [{"class": str, "config": {...}}],         # the sentence-transformers pipeline traced
-        "embedding_dimension": int, "inputs": ["input_ids", "attention_mask", ...],
+        "embedding_dimension": int, "num_parameters": int,     # parameters of the kept layers
+        "inputs": ["input_ids", "attention_mask", ...],
         "tokenizer": {"file": "tokenizer.json", "sha256": str, "max_seq_length": int,
                       "padding_side": str, "truncation_side": str, "pad_token": str,
                       "pad_token_id": int, "pad_token_type_id": int,

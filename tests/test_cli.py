@@ -53,3 +53,23 @@ def test_build_and_embed(tiny_models, tmp_path, capsys) -> None:
     assert np.load(tmp_path / "e.npy", allow_pickle=False).shape == (2, 64)
     with pytest.raises(SystemExit):
         main(["build", "-m", tiny_models["gpt2"], "-l", "1,x", "-o", str(tmp_path / "m2")])
+
+
+def test_eval_scores_a_saved_embedder_and_its_onnx_export_alike(tiny_models, tmp_path, capsys) -> None:
+    saved, exported, results = tmp_path / "m", tmp_path / "onnx", tmp_path / "results"
+    main(["build", "-m", tiny_models["llama"], "-l", "1,-1", "-o", str(saved)])
+    main(["export", str(saved), str(exported)])
+    scores = {}
+    for folder, name in ((saved, "tiny/torch"), (exported, "tiny/onnx")):
+        main(["eval", str(folder), "--task", "sst2", "--protocol", "paper", "--max-train", "40", "--max-test", "20",
+              "--results-folder", str(results), "--name", name])
+        line = next(line for line in capsys.readouterr().out.splitlines() if "main score" in line)
+        scores[name] = float(line.split()[-1])
+        result_files = list((results / "results" / name.replace("/", "__")).rglob("*.json"))
+        assert any(json.loads(path.read_text()).get("task_name", "").startswith("SST2") for path in result_files)
+    metas = {name: json.loads(next((results / "results" / name.replace("/", "__")).rglob("model_meta.json")).read_text())
+             for name in scores}
+    assert metas["tiny/onnx"]["framework"] == ["ONNX"] and "PyTorch" in metas["tiny/torch"]["framework"]
+    assert metas["tiny/onnx"]["n_parameters"] == metas["tiny/torch"]["n_parameters"] > 0
+    assert 0.0 <= scores["tiny/torch"] <= 1.0
+    assert scores["tiny/onnx"] == pytest.approx(scores["tiny/torch"], abs=0.051)  # at most one of 20 test texts flips
