@@ -1,7 +1,7 @@
 """The one command that regenerates the results tables (Markdown + CSV) from ``eval/configs.json``.
 
 Run:  .venv/bin/python eval/make_tables.py [--config eval/configs.json] [--datasets sst2 mr]
-                                           [--only NAME ...] [--no-run] [--overwrite]
+                                           [--only NAME ...] [--no-run] [--no-costs] [--overwrite]
 
 1. Evaluates, through MTEB, every configuration whose result files are missing (both protocols; results
    under ``<results_folder>/results/``, MTEB's layout). Finished results are reused, so a re-run only
@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", metavar="NAME", help="only the configurations with these MTEB names")
     parser.add_argument("--no-run", action="store_true", help="tabulate existing results without running anything")
     parser.add_argument("--overwrite", action="store_true", help="recompute results and costs that exist")
+    parser.add_argument("--no-costs", action="store_true",
+                        help="evaluate only; measure the costs in a later run, when the machine is quiet")
     args = parser.parse_args()
     # MTEB's standard protocol fits LogisticRegression(max_iter=100), which often stops before converging:
     # that is the protocol, not an error, and one warning per fit would bury the progress lines.
@@ -56,7 +58,8 @@ def main() -> None:
     plan = load_plan(args.config, args.datasets, args.only)
     if not args.no_run:
         run_evaluations(plan, overwrite=args.overwrite)
-        run_costs(plan, overwrite=args.overwrite)
+        if not args.no_costs:
+            run_costs(plan, overwrite=args.overwrite)
     full_plan = load_plan(args.config)  # the tables always show every configuration that has results
     rows = [table_row(full_plan, configuration, args.config) for configuration in full_plan.configurations]
     write_csv(rows, full_plan.results_folder / "tables.csv")

@@ -23,7 +23,10 @@ Configuration file (JSON)::
       ]
     }
 
-``layers`` holds one list per model (``hidden_states`` numbering, negative from the end); ``pooling``
+``layers`` holds one list per model (``hidden_states`` numbering, negative from the end), or the string
+``"best layer"`` / ``"greedy layers"`` to take, per dataset and model, what ``eval/selection_runs.py`` chose
+by cross-validation on the training split (reports under ``"selection_folder"``, default
+``eval/selection``); ``pooling``
 (default ``mean``), ``fusion`` and ``model_fusion`` (default ``concat``) are optional per configuration.
 
 Speed: every configuration of one model is computed from a single forward pass. A :class:`LayerBank`
@@ -62,6 +65,7 @@ from lafusion_st.registry import resolve_model
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 PARITY_TOLERANCE = 1e-4
+SELECTION_CHOICES = ("best layer", "greedy layers")
 
 # Original releases of the offline models (the weights here are their 4-bit GGUF approximations).
 SOURCES = {
@@ -161,7 +165,7 @@ def load_plan(path: str | Path, datasets: Sequence[str] | None = None, only: Seq
         for dataset in chosen
         for entry in raw["configurations"]
         if dataset in entry.get("datasets", chosen)
-        for configuration in [_configuration(entry, dataset)]
+        for configuration in [_configuration(entry, dataset, REPOSITORY / raw.get("selection_folder", "eval/selection"))]
         if only is None or configuration.name in only
     )
     if only is not None and not configurations:
@@ -179,10 +183,34 @@ def load_plan(path: str | Path, datasets: Sequence[str] | None = None, only: Seq
     )
 
 
-def _configuration(entry: dict, dataset: str) -> Configuration:
+def selected_layers(selection_folder: Path, dataset: str, model: str, choice: str) -> list[int]:
+    """Layers chosen for ``model`` on ``dataset`` by ``eval/selection_runs.py`` (CV on the training split).
+
+    Args:
+        selection_folder: Output folder of ``selection_runs.py`` (one ``<dataset>/report.json`` each).
+        choice: ``"best layer"`` (highest CV accuracy) or ``"greedy layers"`` (the greedy fusion).
+
+    Raises:
+        ValueError: An unknown choice, or no selection report for the dataset and model.
+    """
+    if choice not in SELECTION_CHOICES:
+        raise ValueError(f"Unknown layer choice {choice!r}; give a list of layers or one of {list(SELECTION_CHOICES)}.")
+    path = selection_folder / dataset / "report.json"
+    report = json.loads(path.read_text()) if path.is_file() else {}
+    if model not in report.get("models", {}):
+        raise ValueError(f"No layer selection of {model} on {dataset} in {path}: run "
+                         f"`python eval/selection_runs.py --datasets {dataset}` first, or give the layers.")
+    if choice == "best layer":
+        return [report["models"][model]["best_layer"]]
+    return list(report["selections"][model]["chosen"])
+
+
+def _configuration(entry: dict, dataset: str, selection_folder: Path) -> Configuration:
     if "sentence_transformer" in entry:
         return Configuration(dataset, entry["role"], entry["name"], sentence_transformer=entry["sentence_transformer"])
     layers = entry["layers"]
+    if isinstance(layers, str):
+        layers = [selected_layers(selection_folder, dataset, model, layers) for model in entry["models"]]
     if isinstance(layers, dict):
         if dataset not in layers and "default" not in layers:
             raise ValueError(f"Configuration {entry['role']!r} of {entry['models']} has no layers for {dataset!r} and no 'default'.")
