@@ -1,4 +1,4 @@
-"""Layer-aware selection on the four bundled datasets: the evidence table of eval/SELECTION.md.
+"""Layer-aware selection on the four bundled datasets: the evidence table of eval/selection/SUMMARY.md.
 
 Run:  .venv/bin/python eval/selection_runs.py [--datasets sst2 mr r8 r52] [--output eval/selection]
 

@@ -181,7 +181,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     else:
         from onnx_export import ORTFusedEncoder
 
-        encoder = ORTFusedEncoder(args.model)
+        encoder = ORTFusedEncoder(args.model, provider=args.provider, dtype=args.dtype)
     protocols = args.protocols or ["standard"]  # argparse's "append" would add to a list default
     tasks = [task for protocol in protocols
              for task in get_tasks(args.tasks, protocol=protocol, max_train=args.max_train, max_test=args.max_test)]
@@ -248,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = verbs.add_parser("eval", help="evaluate a saved embedder on the MTEB tasks (standard and/or paper protocol)",
                                 description="The results tables of eval/RESULTS.md: `python eval/make_tables.py`.")
     evaluate.add_argument("model", help="saved SentenceTransformer folder or ONNX export folder")
-    evaluate.add_argument("--task", action="append", dest="tasks", choices=list(TASKS), help="task (repeatable; default: all four)")
+    evaluate.add_argument("--task", action="append", dest="tasks", metavar="TASK",
+                          help=f"{', '.join(TASKS)}, or an MTEB classification task whose data is in the local HF cache "
+                               "(repeatable; default: the four bundled ones)")
     evaluate.add_argument("--protocol", action="append", dest="protocols", choices=PROTOCOLS,
                           help="standard (MTEB, leaderboard-comparable; the default) and/or paper (probe on the full training split)")
     evaluate.add_argument("--max-train", type=int, help="stratified training subsample for the paper protocol")
@@ -256,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--results-folder", default="lafusion-results", help="MTEB result cache (default: lafusion-results)")
     evaluate.add_argument("--name", help="configuration name for ModelMeta (default: lafusion/<folder name>)")
     evaluate.add_argument("--batch-size", type=int, default=32)
+    onnx = evaluate.add_argument_group("ONNX exports only")
+    onnx.add_argument("--provider", choices=["auto", "cuda", "cpu"], default="auto",
+                      help="ONNX Runtime execution provider (cuda never falls back to CPU; default: auto)")
+    onnx.add_argument("--dtype", choices=["fp32", "fp16", "int8"], default="fp32", help="exported graph variant (default: fp32)")
     evaluate.set_defaults(run=cmd_eval)
 
     from onnx_export.cli import EXPORT_HELP, add_export_arguments, export_command

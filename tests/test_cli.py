@@ -73,3 +73,5 @@ def test_eval_scores_a_saved_embedder_and_its_onnx_export_alike(tiny_models, tmp
     assert metas["tiny/onnx"]["n_parameters"] == metas["tiny/torch"]["n_parameters"] > 0
     assert 0.0 <= scores["tiny/torch"] <= 1.0
     assert scores["tiny/onnx"] == pytest.approx(scores["tiny/torch"], abs=0.051)  # at most one of 20 test texts flips
+    with pytest.raises(ValueError, match="has no fp16 graphs"):
+        main(["eval", str(exported), "--dtype", "fp16", "--task", "sst2", "--results-folder", str(results)])
