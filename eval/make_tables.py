@@ -8,7 +8,7 @@ Run:  .venv/bin/python eval/make_tables.py [--config eval/configs.json] [--datas
    tabulates; ``--overwrite`` recomputes them.
 2. Measures the cost of every distinct embedder whose cost file is missing, each in a fresh process
    (``<results_folder>/costs/``).
-3. Writes ``<results_folder>/tables.md`` and ``tables.csv``: per dataset, one row per configuration
+3. Writes ``<results_folder>/tables.md`` and ``tables.csv`` (and puts the tables into ``eval/RESULTS.md``): per dataset, one row per configuration
    (last layer / best single layer / fused layers / multi-model fusion / baseline) with the MTEB
    standard-protocol accuracy (mean and standard deviation over its 10 experiments), the paper-protocol
    accuracy and macro-F1, and the cost columns (embedding dimension, parameters, peak memory,
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import statistics
 import warnings
@@ -39,6 +40,7 @@ COLUMNS = [
     "load_average", "command",
 ]  # fmt: skip
 DISPLAY_NAMES = {"sst2": "SST-2", "mr": "MR", "r8": "R8", "r52": "R52"}
+TABLES_START, TABLES_END = "<!-- tables:start -->", "<!-- tables:end -->"
 
 
 def main() -> None:
@@ -48,6 +50,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", metavar="NAME", help="only the configurations with these MTEB names")
     parser.add_argument("--no-run", action="store_true", help="tabulate existing results without running anything")
     parser.add_argument("--overwrite", action="store_true", help="recompute results and costs that exist")
+    parser.add_argument("--results-md", type=Path, default=REPOSITORY / "eval" / "RESULTS.md",
+                        help="document whose tables (between its tables markers) are replaced, if it exists")
     parser.add_argument("--no-costs", action="store_true",
                         help="evaluate only; measure the costs in a later run, when the machine is quiet")
     args = parser.parse_args()
@@ -55,16 +59,49 @@ def main() -> None:
     # that is the protocol, not an error, and one warning per fit would bury the progress lines.
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
 
-    plan = load_plan(args.config, args.datasets, args.only)
     if not args.no_run:
+        plan = load_plan(args.config, args.datasets, args.only)
         run_evaluations(plan, overwrite=args.overwrite)
         if not args.no_costs:
             run_costs(plan, overwrite=args.overwrite)
-    full_plan = load_plan(args.config)  # the tables always show every configuration that has results
+    full_plan = tabulated_plan(args.config)  # the tables show every configuration that has results
     rows = [table_row(full_plan, configuration, args.config) for configuration in full_plan.configurations]
     write_csv(rows, full_plan.results_folder / "tables.csv")
-    (full_plan.results_folder / "tables.md").write_text(markdown(full_plan, rows))
+    tables = markdown(full_plan, rows)
+    (full_plan.results_folder / "tables.md").write_text(tables)
     print(f"wrote {full_plan.results_folder / 'tables.md'} and tables.csv ({len(rows)} rows)")
+    if args.results_md.is_file():
+        insert_tables(args.results_md, tables)
+        print(f"updated the tables in {args.results_md}")
+
+
+def tabulated_plan(config: Path) -> Plan:
+    """The plan over every dataset of the config file whose layers can be resolved (selection run or not)."""
+    plans = []
+    for dataset in json.loads(config.read_text())["datasets"]:
+        try:
+            plans.append(load_plan(config, [dataset]))
+        except ValueError as error:
+            print(f"not tabulated: {error}")
+    if not plans:
+        raise SystemExit("Nothing to tabulate: no dataset's configurations could be resolved (see above).")
+    return dataclasses.replace(
+        plans[0],
+        datasets=tuple(dataset for plan in plans for dataset in plan.datasets),
+        subsample={dataset: size for plan in plans for dataset, size in plan.subsample.items()},
+        configurations=tuple(configuration for plan in plans for configuration in plan.configurations),
+    )
+
+
+def insert_tables(path: Path, tables: str) -> None:
+    """Replace what lies between the ``TABLES_START`` and ``TABLES_END`` markers of ``path`` by ``tables``."""
+    text = path.read_text(encoding="utf-8")
+    if TABLES_START not in text or TABLES_END not in text:
+        raise SystemExit(f"{path} lacks the markers {TABLES_START} ... {TABLES_END} that say where the tables go.")
+    head, rest = text.split(TABLES_START, 1)
+    tail = rest.split(TABLES_END, 1)[1]
+    tables = tables.replace("\n## ", "\n### ")  # one heading level below the document's sections
+    path.write_text(f"{head}{TABLES_START}\n{tables}{TABLES_END}{tail}", encoding="utf-8")
 
 
 def sample_note(plan: Plan) -> str:

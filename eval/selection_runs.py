@@ -49,13 +49,17 @@ def task_splits(task: str):
     return load_bundled(task, "train").subsample(max_train, seed=0), load_bundled(task, "test").subsample(max_test, seed=0)
 
 
-def auto_beats_last(task: str, result: RunResult) -> list[str]:
+def auto_beats_last(task: str, result: RunResult, settings: RunSettings) -> list[str]:
     """Per model: does the automatically chosen fusion beat the last layer on test?"""
     lines = []
     for model in MODELS:
-        last = next(score for name, score in result.rows.items() if name.startswith(f"{model} last layer"))
-        fused = next(score for name, score in result.rows.items() if name.startswith(f"{model} fused layers"))
-        verdict = "yes" if fused.accuracy > last.accuracy else "no"
+        last_layer = result.scans.train[model][settings.pooling].vectors.shape[0] - 1
+        last = result.rows[f"{model} last layer {[last_layer]}"]
+        fused = result.rows[f"{model} fused layers {result.chosen_layers[model]}"]
+        if result.chosen_layers[model] == [last_layer]:
+            verdict = "tie: CV chose the last layer"
+        else:
+            verdict = "yes" if fused.accuracy > last.accuracy else "no"
         lines.append(f"| {task} | {model} | {100 * last.accuracy:.1f} | {100 * fused.accuracy:.1f} "
                      f"| {result.chosen_layers[model]} | {verdict} |")
     return lines
@@ -101,7 +105,7 @@ def main() -> None:
         start = time.perf_counter()
         result = run_task(task, train, test, MODELS, output / task, settings)
         summary = {"size": f"{len(train)}/{len(test)}", "seconds": time.perf_counter() - start,
-                   "rows": summary_rows(task, result, settings), "verdicts": auto_beats_last(task, result)}
+                   "rows": summary_rows(task, result, settings), "verdicts": auto_beats_last(task, result, settings)}
         (output / task / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         print(f"{task}: {summary['seconds']:.0f} s")
     print(write_summary(output, settings))
