@@ -7,8 +7,8 @@ Prints two tables:
    with the ratios the design asks for: ORT / PyTorch throughput (goal >= 1.3 at batch 32) and
    half-depth / full-depth time (goal <= 0.6 in both runtimes).
 2. The ONNX Runtime variants of the half-depth model (fp32, ORT transformer fusions, fp16, int8 dynamic):
-   deviation from PyTorch, linear-probe accuracy on an SST-2 subsample (StandardScaler + logistic
-   regression trained on a train subsample, scored on a test subsample), and batch-32 throughput.
+   deviation from PyTorch, MTEB accuracy on the SST-2 task (paper protocol: the probe trained on a train
+   subsample, scored on a test subsample), and batch-32 throughput.
 
 Each (runtime, depth) is timed in its own subprocess, so peak RSS is that configuration's alone; the ONNX
 Runtime worker never imports torch, as on a serving machine. SmolLM2 here is the 4-bit (Q4_1) GGUF
@@ -105,28 +105,32 @@ def exported(work_dir: Path, name: str, layers: list[int], **options) -> Path:
 
 # --------------------------------------------------------------------------------------- accuracy
 def variant_table(half: Path, optimized: Path, probe_size: int, threads: int) -> list[dict]:
-    """Deviation from PyTorch, probe accuracy and batch-32 throughput of each ORT variant (half depth)."""
+    """Deviation from PyTorch, MTEB accuracy and batch-32 throughput of each ORT variant (half depth).
+
+    Accuracy is MTEB's, on the paper protocol of the SST-2 task (logistic regression on ``probe_size``
+    training texts, scored on ``probe_size`` test texts), through the same ``evaluate_encoder`` entry point
+    as every other result, so the variants are compared the way MTEB compares embedders.
+    """
+    import tempfile
+
     import torch
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     from lafusion_st import build_fused_model
-    from lafusion_st.data import load_bundled
+    from lafusion_st.evaluation import evaluate_encoder
+    from lafusion_st.mteb_tasks import get_tasks
     from onnx_export import ORTFusedEncoder, compare_with_pytorch
 
-    train = load_bundled("sst2", "train").subsample(probe_size, seed=0)
-    test = load_bundled("sst2", "test").subsample(probe_size, seed=0)
+    tasks = get_tasks(["sst2"], protocol="paper", max_train=probe_size, max_test=probe_size)
     timing_texts = benchmark_texts(64)["short"]
+    results_folder = tempfile.mkdtemp(prefix="bench_onnx_mteb_")
 
-    def probe_accuracy(encode) -> float:
-        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-        probe.fit(encode(train.texts, batch_size=32), train.labels)
-        return float(probe.score(encode(test.texts, batch_size=32), test.labels))
+    def mteb_accuracy(encoder, name: str) -> float:
+        result = evaluate_encoder(encoder, tasks, results_folder, name=f"bench/{name}", overwrite=True)
+        return float(result.task_results[0].get_score())
 
     torch.set_num_threads(threads)
     model = build_fused_model(MODEL, layers=DEPTHS["half"], device="cpu")
-    rows = [{"variant": "PyTorch fp32", "accuracy": probe_accuracy(model.encode), "sent_s": time_encode(model.encode, timing_texts, 32)}]
+    rows = [{"variant": "PyTorch fp32", "accuracy": mteb_accuracy(model, "pytorch"), "sent_s": time_encode(model.encode, timing_texts, 32)}]
     for variant in VARIANTS:
         folder, dtype = (optimized, "fp32") if variant == "fp32+fusions" else (half, variant)
         encoder = ORTFusedEncoder(folder, provider="cpu", dtype=dtype, num_threads=threads)
@@ -137,7 +141,7 @@ def variant_table(half: Path, optimized: Path, probe_size: int, threads: int) ->
                 "max_abs_diff": max(result.max_abs_diff for result in results),
                 "relative": max(result.max_abs_diff / result.max_abs_reference for result in results),
                 "min_cosine": min(result.min_cosine for result in results),
-                "accuracy": probe_accuracy(encoder.encode),
+                "accuracy": mteb_accuracy(encoder, variant.replace("+", "-")),
                 "sent_s": time_encode(encoder.encode, timing_texts, 32),
             }
         )
@@ -166,7 +170,7 @@ def print_speed_table(results: dict[tuple[str, str], dict]) -> None:
 
 
 def print_variant_table(rows: list[dict], probe_size: int) -> None:
-    print(f"\nHalf-depth variants: deviation from PyTorch (validation texts), SST-2 probe accuracy ({probe_size} train / {probe_size} test), batch-32 short texts")
+    print(f"\nHalf-depth variants: deviation from PyTorch (validation texts), MTEB SST-2 accuracy, paper protocol ({probe_size} train / {probe_size} test), batch-32 short texts")
     header = f"{'variant':<18}{'max abs diff':>13}{'rel. to max':>12}{'min cosine':>12}{'accuracy':>10}{'sent/s':>8}"
     print(header)
     print("-" * len(header))
@@ -183,7 +187,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", type=Path, default=Path.home() / ".cache" / "lafusion" / "bench_onnx")
     parser.add_argument("--texts", type=int, default=32, help="Texts per (length, batch size) measurement.")
-    parser.add_argument("--probe-size", type=int, default=200, help="SST-2 train and test subsample size.")
+    parser.add_argument("--probe-size", type=int, default=500, help="SST-2 train and test subsample size.")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--worker", nargs=4, metavar=("RUNTIME", "DEPTH", "FOLDER", "TEXTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
