@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -78,7 +77,13 @@ def worker(runtime: str, depth: str, folder: str, texts_file: str, threads: int)
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    """This process's peak resident memory (Linux ``VmHWM``).
+
+    Not ``getrusage``'s ``ru_maxrss``: Linux carries that figure across ``execve``, so a worker started by a
+    parent that held a model would report the parent's peak.
+    """
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024  # kB
 
 
 def run_worker(runtime: str, depth: str, folder: Path, texts_file: Path, threads: int) -> dict:

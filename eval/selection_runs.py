@@ -21,7 +21,7 @@ import json
 import time
 from pathlib import Path
 
-from lafusion_st.data import load_bundled
+from lafusion_st.data import LabeledTexts, load_bundled
 from lafusion_st.pipeline import RunResult, RunSettings, run_task, score_fusion_on_test
 
 LLMS = ["smollm2-135m", "gemma3-270m"]
@@ -30,20 +30,20 @@ SIZES = {"sst2": (1000, 500), "mr": (1000, 500), "r8": (500, 300), "r52": (500, 
 """(train, test) subsample per dataset: the short sentiment texts afford more than the long news texts."""
 
 
-def summary_rows(task: str, result: RunResult, settings: RunSettings) -> list[str]:
+def summary_rows(task: str, result: RunResult, settings: RunSettings, train: LabeledTexts, test: LabeledTexts) -> list[str]:
     """Markdown rows ``dataset | configuration | CV acc | test acc | test macro-F1`` plus the LLM pair."""
     rows = []
     for name, cv in result.cv.items():
         score = result.rows[name]
         rows.append(f"| {task} | {name} | {100 * cv.accuracy_mean:.1f} | {100 * score.accuracy:.1f} | {100 * score.macro_f1:.1f} |")
     pair = score_fusion_on_test(result.scans, LLMS, settings.pooling, {m: result.chosen_layers[m] for m in LLMS},
-                                *task_splits(task), settings.probe)
+                                train, test, settings.probe)
     pair_name = "multi-model " + " + ".join(f"{m} {result.chosen_layers[m]}" for m in LLMS)
     rows.append(f"| {task} | {pair_name} | - | {100 * pair.accuracy:.1f} | {100 * pair.macro_f1:.1f} |")
     return rows
 
 
-def task_splits(task: str):
+def task_splits(task: str) -> tuple[LabeledTexts, LabeledTexts]:
     """The stratified (seed 0) train/test subsamples of one bundled dataset."""
     max_train, max_test = SIZES[task]
     return load_bundled(task, "train").subsample(max_train, seed=0), load_bundled(task, "test").subsample(max_test, seed=0)
@@ -105,7 +105,7 @@ def main() -> None:
         start = time.perf_counter()
         result = run_task(task, train, test, MODELS, output / task, settings)
         summary = {"size": f"{len(train)}/{len(test)}", "seconds": time.perf_counter() - start,
-                   "rows": summary_rows(task, result, settings), "verdicts": auto_beats_last(task, result, settings)}
+                   "rows": summary_rows(task, result, settings, train, test), "verdicts": auto_beats_last(task, result, settings)}
         (output / task / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         print(f"{task}: {summary['seconds']:.0f} s")
     print(write_summary(output, settings))

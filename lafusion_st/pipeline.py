@@ -113,14 +113,14 @@ def run_task(
         name = "multi-model " + " + ".join(f"{model} {selections[model].chosen}" for model in models)
         cv[name] = _cv_of_all(selections["models"], models)
         if test is not None:
-            rows[name] = score_fusion_on_test(scans, models, settings.pooling, {m: selections[m].chosen for m in models}, train, test,
-                                      settings.probe)
+            rows[name] = score_fusion_on_test(scans, models, settings.pooling, {m: selections[m].chosen for m in models},
+                                              train, test, settings.probe)
         if len(chosen_models) < len(models):
             name = "greedy models " + " + ".join(chosen_models)
             cv[name] = selections["models"].score
             if test is not None:
-                rows[name] = score_fusion_on_test(scans, chosen_models, settings.pooling, {m: selections[m].chosen for m in chosen_models},
-                                          train, test, settings.probe)
+                rows[name] = score_fusion_on_test(scans, chosen_models, settings.pooling,
+                                                  {m: selections[m].chosen for m in chosen_models}, train, test, settings.probe)
 
     model_path = output_dir / "model"
     embedder = build_fused_model(chosen_models, layers=[selections[m].chosen for m in chosen_models], pooling=settings.pooling,
