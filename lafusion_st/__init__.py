@@ -1,23 +1,38 @@
-"""lafusion: layer-aware embedding fusion of decoder LLMs as sentence-transformers embedders."""
+"""lafusion: layer-aware embedding fusion of decoder LLMs as sentence-transformers embedders.
+
+The public names are imported on first use (PEP 562): ``import lafusion_st.data`` or the ``lafusion``
+command's parser then cost no torch import, while ``from lafusion_st import build_fused_model`` works as
+usual.
+"""
 
 from __future__ import annotations
 
-from lafusion_st.builders import build_fused_model
-from lafusion_st.fusion import FUSION_MODES
-from lafusion_st.model import FusedSentenceTransformer
-from lafusion_st.modules import LayerSelect, MultiModelFuse, TruncatedTransformer
-from lafusion_st.pooling import POOLING_MODES
-from lafusion_st.registry import resolve_model
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from lafusion_st.modes import FUSION_MODES, POOLING_MODES
+
+if TYPE_CHECKING:
+    from lafusion_st.builders import build_fused_model
+    from lafusion_st.model import FusedSentenceTransformer
+    from lafusion_st.modules import LayerSelect, MultiModelFuse, TruncatedTransformer
+    from lafusion_st.registry import resolve_model
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "FUSION_MODES",
-    "POOLING_MODES",
-    "FusedSentenceTransformer",
-    "LayerSelect",
-    "MultiModelFuse",
-    "TruncatedTransformer",
-    "build_fused_model",
-    "resolve_model",
-]
+_LAZY = {
+    "FusedSentenceTransformer": "lafusion_st.model",
+    "LayerSelect": "lafusion_st.modules",
+    "MultiModelFuse": "lafusion_st.modules",
+    "TruncatedTransformer": "lafusion_st.modules",
+    "build_fused_model": "lafusion_st.builders",
+    "resolve_model": "lafusion_st.registry",
+}
+
+__all__ = ["FUSION_MODES", "POOLING_MODES", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lafusion_st' has no attribute {name!r}")

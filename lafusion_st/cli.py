@@ -11,8 +11,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from lafusion_st.fusion import FUSION_MODES
-from lafusion_st.pooling import POOLING_MODES
+from lafusion_st.data import BUNDLED_DATASETS
+from lafusion_st.modes import FUSION_MODES, POOLING_MODES, PROTOCOLS
 
 Command = Callable[[argparse.Namespace], int | None]
 DEFAULT_MODELS = ["smollm2-135m"]
@@ -92,8 +92,6 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def add_task_arguments(parser: argparse.ArgumentParser) -> None:
-    from lafusion_st.data import BUNDLED_DATASETS
-
     data = parser.add_argument_group("task data: a bundled dataset, or your own train/test files (CSV, TSV, JSONL)")
     data.add_argument("--task", choices=BUNDLED_DATASETS, help="bundled dataset")
     data.add_argument("--train", help="your training file")
@@ -243,13 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_selection_arguments(run, DEFAULT_MODELS)
     run.set_defaults(run=cmd_run)
 
-    from lafusion_st.mteb_tasks import PROTOCOLS, TASKS
-
     evaluate = verbs.add_parser("eval", help="evaluate a saved embedder on the MTEB tasks (standard and/or paper protocol)",
                                 description="The results tables of eval/RESULTS.md: `python eval/make_tables.py`.")
     evaluate.add_argument("model", help="saved SentenceTransformer folder or ONNX export folder")
     evaluate.add_argument("--task", action="append", dest="tasks", metavar="TASK",
-                          help=f"{', '.join(TASKS)}, or an MTEB classification task whose data is in the local HF cache "
+                          help=f"{', '.join(BUNDLED_DATASETS)}, or an MTEB classification task whose data is in the local HF cache "
                                "(repeatable; default: the four bundled ones)")
     evaluate.add_argument("--protocol", action="append", dest="protocols", choices=PROTOCOLS,
                           help="standard (MTEB, leaderboard-comparable; the default) and/or paper (probe on the full training split)")

@@ -8,12 +8,9 @@ vectors of different sizes) at construction time rather than at the first batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
-
 import torch
 
-FusionMode = Literal["concat", "mean", "sum", "weighted"]
-FUSION_MODES: tuple[FusionMode, ...] = ("concat", "mean", "sum", "weighted")
+from lafusion_st.modes import FUSION_MODES, FusionMode
 
 
 def fused_dimension(dimensions: Sequence[int], mode: str) -> int:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import mteb
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
@@ -35,6 +35,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from lafusion_st.data import LabeledTexts, load_bundled
+from lafusion_st.modes import PROTOCOLS, Protocol
 
 __all__ = [
     "PROTOCOLS",
@@ -50,8 +51,6 @@ __all__ = [
     "task_variant",
 ]
 
-Protocol = Literal["standard", "paper"]
-PROTOCOLS: tuple[Protocol, ...] = ("standard", "paper")
 
 PAPER_PROBE_MAX_ITER = 1000
 

@@ -8,12 +8,9 @@ without any real token pools to the zero vector instead of NaN or a pad state.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-PoolingMode = Literal["mean", "last", "max"]
-POOLING_MODES: tuple[PoolingMode, ...] = ("mean", "last", "max")
+from lafusion_st.modes import POOLING_MODES, PoolingMode
 
 
 def check_pooling_mode(mode: str) -> PoolingMode:

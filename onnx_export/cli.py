@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from onnx_export.exporter import export
 from onnx_export.manifest import DTYPES, read_manifest
-from onnx_export.validation import DEFAULT_ATOL, DEFAULT_RTOL
+from onnx_export.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
 
 EXPORT_HELP = "Export a saved fused embedder to ONNX (Optimum), checked against PyTorch."
 
@@ -40,6 +39,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def export_command(args: argparse.Namespace) -> int:
     """Run ``lafusion export`` from parsed arguments; print where the export went and its parity; return 0."""
+    from onnx_export.exporter import export  # torch and Optimum: imported only when exporting
+
     out_dir = export(
         args.model,
         args.out_dir,

@@ -34,7 +34,8 @@ from onnx_export.encoder import ORTFusedEncoder
 from onnx_export.errors import UnsupportedArchitectureError
 from onnx_export.fusion_graph import build_fusion_graph
 from onnx_export.onnx_config import FusedEmbedderOnnxConfig
-from onnx_export.validation import DEFAULT_ATOL, DEFAULT_RTOL, VALIDATION_TEXTS, compare_with_pytorch, summarise, validate_export
+from onnx_export.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
+from onnx_export.validation import VALIDATION_TEXTS, compare_with_pytorch, summarise, validate_export
 from onnx_export.variants import graph_files, graph_inputs, optimize_graph, save_graph, variant_file, write_fp16, write_int8
 
 logger = logging.getLogger(__name__)

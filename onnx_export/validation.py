@@ -28,6 +28,7 @@ from sentence_transformers import SentenceTransformer
 from lafusion_st.modules import MultiModelFuse
 from onnx_export.encoder import ORTFusedEncoder
 from onnx_export.errors import ParityError
+from onnx_export.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
 
 VALIDATION_TEXTS: tuple[str, ...] = (
     "The movie was a delight from start to finish.",
@@ -39,8 +40,6 @@ VALIDATION_TEXTS: tuple[str, ...] = (
     "Wheat and grain exports to Europe were up ten percent in the third quarter, the ministry said.",
 )
 GRIDS: tuple[tuple[int, str], ...] = ((1, "right"), (1, "left"), (7, "right"), (7, "left"))
-DEFAULT_ATOL = 1e-4
-DEFAULT_RTOL = 1e-5
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -75,3 +77,11 @@ def test_eval_scores_a_saved_embedder_and_its_onnx_export_alike(tiny_models, tmp
     assert scores["tiny/onnx"] == pytest.approx(scores["tiny/torch"], abs=0.051)  # at most one of 20 test texts flips
     with pytest.raises(ValueError, match="has no fp16 graphs"):
         main(["eval", str(exported), "--dtype", "fp16", "--task", "sst2", "--results-folder", str(results)])
+
+
+def test_help_answers_without_importing_torch_or_mteb() -> None:
+    """``lafusion --help`` must be instant: building the parser imports no heavy library."""
+    code = ("import sys; from lafusion_st.cli import build_parser; build_parser(); "
+            "print(sorted(name for name in ('torch', 'mteb', 'sentence_transformers', 'optimum') if name in sys.modules))")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert completed.stdout.strip() == "[]"

@@ -1,0 +1,19 @@
+"""The named choices lafusion accepts: pooling and fusion modes, and evaluation protocols.
+
+Kept apart from the code that implements them, and free of heavy imports, so that the command line can
+list the choices in its parser (and ``lafusion --help`` can answer) without importing torch or MTEB.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+PoolingMode = Literal["mean", "last", "max"]
+POOLING_MODES: tuple[PoolingMode, ...] = ("mean", "last", "max")
+
+FusionMode = Literal["concat", "mean", "sum", "weighted"]
+FUSION_MODES: tuple[FusionMode, ...] = ("concat", "mean", "sum", "weighted")
+
+Protocol = Literal["standard", "paper"]
+PROTOCOLS: tuple[Protocol, ...] = ("standard", "paper")
+"""``standard``: MTEB's classification protocol; ``paper``: the probe trained on the whole training split."""
