@@ -13,6 +13,9 @@ from collections.abc import Callable, Sequence
 
 from lafusion_st.data import BUNDLED_DATASETS
 from lafusion_st.modes import FUSION_MODES, POOLING_MODES, PROTOCOLS
+from onnx_export.cli import EXPORT_HELP, add_export_arguments, export_command
+from onnx_export.manifest import DTYPES
+from onnx_export.providers import PROVIDERS
 
 Command = Callable[[argparse.Namespace], int | None]
 DEFAULT_MODELS = ["smollm2-135m"]
@@ -133,7 +136,8 @@ def cmd_scan(args: argparse.Namespace) -> None:
     from lafusion_st.scan import scan_task
 
     _, train, test = load_task_from_args(args)
-    scans = scan_task(args.models, train.texts, test.texts, poolings=args.poolings, max_seq_length=args.max_seq_length,
+    poolings = args.poolings or ["mean"]  # argparse's "append" would add to a list default
+    scans = scan_task(args.models, train.texts, test.texts, poolings=poolings, max_seq_length=args.max_seq_length,
                       batch_size=args.batch_size)
     for split, by_model in (("train", scans.train), ("test", scans.test)):
         for model, by_pooling in by_model.items():
@@ -145,11 +149,12 @@ def _run(args: argparse.Namespace, with_test: bool) -> None:
     from lafusion_st.pipeline import RunSettings, format_table, run_task
     from lafusion_st.probe import ProbeConfig
 
+    args.models = args.models or list(DEFAULT_MODELS)
     task, train, test = load_task_from_args(args)
     settings = RunSettings(pooling=args.pooling, max_seq_length=args.max_seq_length, batch_size=args.batch_size,
                            threshold=args.threshold, max_layers=args.max_layers, probe=ProbeConfig(seed=args.seed))
     print(f"task {task}: {len(train)} train / {len(test)} test texts, {len(train.classes)} classes; models {args.models}")
-    result = run_task(str(task), train, test if with_test else None, args.models or DEFAULT_MODELS, args.output, settings)
+    result = run_task(str(task), train, test if with_test else None, args.models, args.output, settings)
     print(format_table(result))
     print(f"\nchosen layers {result.chosen_layers}; models {result.chosen_models}")
     print(f"report {result.report_path}\nplot   {result.plot_path}\nmodel  {result.model_path}  (SentenceTransformer folder)")
@@ -162,6 +167,8 @@ def cmd_select(args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     """select, then evaluate last layer / best layer / fused / multi-model on the test split."""
+    if not (args.task or args.train or args.test):  # the embedded default of `make demo`
+        args.task, args.max_train, args.max_test = DEFAULT_RUN_TASK, args.max_train or 1000, args.max_test or 500
     _run(args, with_test=True)
 
 
@@ -228,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="pooling mode(s), all from one forward pass (default: mean)")
     scan.add_argument("--max-seq-length", type=int, default=256)
     scan.add_argument("--batch-size", type=int, default=32)
-    scan.set_defaults(run=cmd_scan, poolings=None)
+    scan.set_defaults(run=cmd_scan)
 
     select = verbs.add_parser("select", help="choose layers (and models) by CV on the training split, build the embedder")
     add_task_arguments(select)
@@ -255,12 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--name", help="configuration name for ModelMeta (default: lafusion/<folder name>)")
     evaluate.add_argument("--batch-size", type=int, default=32)
     onnx = evaluate.add_argument_group("ONNX exports only")
-    onnx.add_argument("--provider", choices=["auto", "cuda", "cpu"], default="auto",
+    onnx.add_argument("--provider", choices=PROVIDERS, default="auto",
                       help="ONNX Runtime execution provider (cuda never falls back to CPU; default: auto)")
-    onnx.add_argument("--dtype", choices=["fp32", "fp16", "int8"], default="fp32", help="exported graph variant (default: fp32)")
+    onnx.add_argument("--dtype", choices=DTYPES, default="fp32", help="exported graph variant (default: fp32)")
     evaluate.set_defaults(run=cmd_eval)
-
-    from onnx_export.cli import EXPORT_HELP, add_export_arguments, export_command
 
     export = verbs.add_parser("export", help=EXPORT_HELP)
     add_export_arguments(export)
@@ -271,12 +276,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.verb == "scan" and not args.poolings:
-        args.poolings = ["mean"]
-    if args.verb in ("select", "run"):
-        args.models = args.models or list(DEFAULT_MODELS)
-        if args.verb == "run" and not (args.task or args.train or args.test):
-            args.task, args.max_train, args.max_test = DEFAULT_RUN_TASK, args.max_train or 1000, args.max_test or 500
     if args.verb == "embed" and not args.saved and not (args.models and args.layers):
         raise SystemExit("lafusion embed: give --saved FOLDER, or --model and --layers")
     return args.run(args) or 0
