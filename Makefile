@@ -27,6 +27,8 @@ demo: $(STAMP)
 	$(BIN)/lafusion run
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 clean:

@@ -87,7 +87,17 @@ def peak_rss_mib() -> float:
 
 
 def run_worker(runtime: str, depth: str, folder: Path, texts_file: Path, threads: int) -> dict:
-    command = [sys.executable, __file__, "--worker", runtime, depth, str(folder), str(texts_file), "--threads", str(threads)]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        runtime,
+        depth,
+        str(folder),
+        str(texts_file),
+        "--threads",
+        str(threads),
+    ]
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
     if completed.returncode != 0:
         raise RuntimeError(f"{runtime}/{depth} worker failed:\n{completed.stderr[-3000:]}")
@@ -135,7 +145,13 @@ def variant_table(half: Path, optimized: Path, probe_size: int, threads: int) ->
 
     torch.set_num_threads(threads)
     model = build_fused_model(MODEL, layers=DEPTHS["half"], device="cpu")
-    rows = [{"variant": "PyTorch fp32", "accuracy": mteb_accuracy(model, "pytorch"), "sent_s": time_encode(model.encode, timing_texts, 32)}]
+    rows = [
+        {
+            "variant": "PyTorch fp32",
+            "accuracy": mteb_accuracy(model, "pytorch"),
+            "sent_s": time_encode(model.encode, timing_texts, 32),
+        }
+    ]
     for variant in VARIANTS:
         folder, dtype = (optimized, "fp32") if variant == "fp32+fusions" else (half, variant)
         encoder = ORTFusedEncoder(folder, provider="cpu", dtype=dtype, num_threads=threads)
@@ -156,7 +172,10 @@ def variant_table(half: Path, optimized: Path, probe_size: int, threads: int) ->
 # ---------------------------------------------------------------------------------------- printing
 def print_speed_table(results: dict[tuple[str, str], dict]) -> None:
     print("\nThroughput (sentences/s) and peak RSS, CPU; ratios measured in this run")
-    header = f"{'texts':<6}{'batch':>6} | {'PT full':>8}{'ORT full':>9}{'ORT/PT':>7} | {'PT half':>8}{'ORT half':>9}{'ORT/PT':>7} | {'half/full time: PT':>19}{'ORT':>6}"
+    header = (
+        f"{'texts':<6}{'batch':>6} | {'PT full':>8}{'ORT full':>9}{'ORT/PT':>7} | "
+        f"{'PT half':>8}{'ORT half':>9}{'ORT/PT':>7} | {'half/full time: PT':>19}{'ORT':>6}"
+    )
     print(header)
     print("-" * len(header))
     for length in ("short", "long"):
@@ -167,7 +186,8 @@ def print_speed_table(results: dict[tuple[str, str], dict]) -> None:
             pt_half, ort_half = speed[("pytorch", "half")], speed[("onnxruntime", "half")]
             print(
                 f"{length:<6}{batch_size:>6} | {pt_full:>8.1f}{ort_full:>9.1f}{ort_full / pt_full:>7.2f} | "
-                f"{pt_half:>8.1f}{ort_half:>9.1f}{ort_half / pt_half:>7.2f} | {pt_full / pt_half:>19.2f}{ort_full / ort_half:>6.2f}"
+                f"{pt_half:>8.1f}{ort_half:>9.1f}{ort_half / pt_half:>7.2f} "
+                f"| {pt_full / pt_half:>19.2f}{ort_full / ort_half:>6.2f}"
             )
     print("\nPeak RSS (MiB): whole process / after imports, before the model")
     for (runtime, depth), result in results.items():
@@ -175,7 +195,10 @@ def print_speed_table(results: dict[tuple[str, str], dict]) -> None:
 
 
 def print_variant_table(rows: list[dict], probe_size: int) -> None:
-    print(f"\nHalf-depth variants: deviation from PyTorch (validation texts), MTEB SST-2 accuracy, paper protocol ({probe_size} train / {probe_size} test), batch-32 short texts")
+    print(
+        "\nHalf-depth variants: deviation from PyTorch (validation texts), MTEB SST-2 accuracy, "
+        f"paper protocol ({probe_size} train / {probe_size} test), batch-32 short texts"
+    )
     header = f"{'variant':<18}{'max abs diff':>13}{'rel. to max':>12}{'min cosine':>12}{'accuracy':>10}{'sent/s':>8}"
     print(header)
     print("-" * len(header))

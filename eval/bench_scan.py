@@ -53,7 +53,9 @@ def plain_pass(scanner: LayerScanner, texts: list[str]) -> None:
     """The model's forward pass over the scan's batches, with no hidden states kept and nothing pooled."""
     with torch.inference_mode():
         for positions in scanner.batches(texts):
-            scanner.module.forward(scanner.preprocess([texts[index] for index in positions]), output_hidden_states=False)
+            scanner.module.forward(
+                scanner.preprocess([texts[index] for index in positions]), output_hidden_states=False
+            )
 
 
 def paired_batches(scanner: LayerScanner, texts: list[str]) -> tuple[float, float]:
@@ -80,9 +82,11 @@ def timed(function, *args) -> tuple[float, float]:
 def summary(label: str, plain: list[float], scanned: list[float]) -> str:
     best = min(scanned) / min(plain)
     median = statistics.median(scanned) / statistics.median(plain)
-    return (f"{label}: plain {', '.join(f'{t:.2f}' for t in plain)} s | scan {', '.join(f'{t:.2f}' for t in scanned)} s\n"
-            f"  ratio scan / plain: {best:.3f} (fastest runs), {median:.3f} (medians); goal <= {GOAL} "
-            f"-> {'met' if best <= GOAL else 'NOT met'}")
+    return (
+        f"{label}: plain {', '.join(f'{t:.2f}' for t in plain)} s | scan {', '.join(f'{t:.2f}' for t in scanned)} s\n"
+        f"  ratio scan / plain: {best:.3f} (fastest runs), {median:.3f} (medians); goal <= {GOAL} "
+        f"-> {'met' if best <= GOAL else 'NOT met'}"
+    )
 
 
 def main() -> None:
@@ -94,15 +98,23 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-seq-length", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--wait-s", type=float, default=3600.0, help="how long to wait for the model to be materialised")
+    parser.add_argument(
+        "--wait-s", type=float, default=3600.0, help="how long to wait for the model to be materialised"
+    )
     args = parser.parse_args()
 
     wait_for_model(args.model, args.wait_s)
     texts = load_bundled(args.dataset, "train").subsample(args.texts, seed=0).texts
     cache_dir = Path(tempfile.mkdtemp(prefix="lafusion_bench_scan_"))
     try:
-        scanner = LayerScanner(args.model, args.poolings.split(","), max_seq_length=args.max_seq_length,
-                               batch_size=args.batch_size, cache_dir=cache_dir, show_progress_bar=False)
+        scanner = LayerScanner(
+            args.model,
+            args.poolings.split(","),
+            max_seq_length=args.max_seq_length,
+            batch_size=args.batch_size,
+            cache_dir=cache_dir,
+            show_progress_bar=False,
+        )
         plain_pass(scanner, texts[: args.batch_size])  # warm-up: model load, first-call allocations
         plain_times, scan_times, paired = [], [], []
         for _ in range(args.repeats):
@@ -110,16 +122,27 @@ def main() -> None:
             shutil.rmtree(cache_dir, ignore_errors=True)
             scan_times.append(timed(scanner.scan, texts))
             paired.append(paired_batches(scanner, texts))
-        tokens = sum(int(scanner.preprocess([texts[i] for i in batch])["attention_mask"].sum()) for batch in scanner.batches(texts))
+        tokens = sum(
+            int(scanner.preprocess([texts[i] for i in batch])["attention_mask"].sum())
+            for batch in scanner.batches(texts)
+        )
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
 
-    print(f"model {args.model} ({scanner.num_hidden_layers} layers + embeddings, hidden {scanner.hidden_size}), "
-          f"{len(texts)} {args.dataset} texts ({tokens} tokens), batch {args.batch_size}, poolings {args.poolings}, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"model {args.model} ({scanner.num_hidden_layers} layers + embeddings, hidden {scanner.hidden_size}), "
+        f"{len(texts)} {args.dataset} texts ({tokens} tokens), batch {args.batch_size}, poolings {args.poolings}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print(summary("wall time", [wall for wall, _ in plain_times], [wall for wall, _ in scan_times]))
     print(summary("CPU time ", [cpu for _, cpu in plain_times], [cpu for _, cpu in scan_times]))
-    print(summary("paired per batch, forward + pooling only", [plain for plain, _ in paired], [scanned for _, scanned in paired]))
+    print(
+        summary(
+            "paired per batch, forward + pooling only",
+            [plain for plain, _ in paired],
+            [scanned for _, scanned in paired],
+        )
+    )
 
 
 if __name__ == "__main__":

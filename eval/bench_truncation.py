@@ -52,11 +52,14 @@ def main() -> None:
         reference = untruncated.encode(texts, **encode)[:, : truncated.get_embedding_dimension()]
         difference = np.abs(truncated.encode(texts, **encode) - reference).max()
 
-    print(f"model {args.model}: {depth} layers; {len(texts)} MR test texts, batch {args.batch_size}, "
-          f"{torch.get_num_threads()} threads, best of {args.repeats}")
+    print(
+        f"model {args.model}: {depth} layers; {len(texts)} MR test texts, batch {args.batch_size}, "
+        f"{torch.get_num_threads()} threads, best of {args.repeats}"
+    )
     print(f"{'configuration':<38}{'layers run':>11}{'seconds':>10}{'texts/s':>10}")
     print(f"{'full model, last layer':<38}{depth:>11}{full_time:>10.2f}{len(texts) / full_time:>10.1f}")
-    print(f"{'fused layers ' + str(half_layers):<38}{max(half_layers):>11}{truncated_time:>10.2f}{len(texts) / truncated_time:>10.1f}")
+    fused_name = f"fused layers {half_layers}"
+    print(f"{fused_name:<38}{max(half_layers):>11}{truncated_time:>10.2f}{len(texts) / truncated_time:>10.1f}")
     print(f"time ratio truncated / full: {truncated_time / full_time:.3f} (layer ratio {max(half_layers) / depth:.3f})")
     print(f"max abs diff vs the same layers pooled from the full model: {difference:.3g}")
 

@@ -8,7 +8,8 @@ Run:  .venv/bin/python eval/make_tables.py [--config eval/configs.json] [--datas
    tabulates; ``--overwrite`` recomputes them.
 2. Measures the cost of every distinct embedder whose cost file is missing, each in a fresh process
    (``<results_folder>/costs/``).
-3. Writes ``<results_folder>/tables.md`` and ``tables.csv`` (and puts the tables into ``eval/RESULTS.md``): per dataset, one row per configuration
+3. Writes ``<results_folder>/tables.md`` and ``tables.csv`` (and puts the tables into ``eval/RESULTS.md``):
+   per dataset, one row per configuration
    (last layer / best single layer / fused layers / multi-model fusion / baseline) with the MTEB
    standard-protocol accuracy (mean and standard deviation over its 10 experiments), the paper-protocol
    accuracy and macro-F1, and the cost columns (embedding dimension, parameters, peak memory,
@@ -29,15 +30,15 @@ import warnings
 from pathlib import Path
 
 from mteb.results import TaskResult
-from sklearn.exceptions import ConvergenceWarning
 from runner import REPOSITORY, Configuration, Plan, load_plan, run_costs, run_evaluations
+from sklearn.exceptions import ConvergenceWarning
 
 from lafusion_st.mteb_tasks import TASKS
 
 COLUMNS = [
     "dataset", "role", "models", "embedder", "layers", "standard_accuracy", "standard_accuracy_sd", "paper_accuracy",
-    "paper_macro_f1", "embedding_dimension", "parameters_millions", "peak_rss_mib", "model_rss_mib", "sentences_per_second",
-    "load_average", "command",
+    "paper_macro_f1", "embedding_dimension", "parameters_millions",
+    "peak_rss_mib", "model_rss_mib", "sentences_per_second", "load_average", "command",
 ]  # fmt: skip
 DISPLAY_NAMES = {"sst2": "SST-2", "mr": "MR", "r8": "R8", "r52": "R52"}
 TABLES_START, TABLES_END = "<!-- tables:start -->", "<!-- tables:end -->"
@@ -50,10 +51,17 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", metavar="NAME", help="only the configurations with these MTEB names")
     parser.add_argument("--no-run", action="store_true", help="tabulate existing results without running anything")
     parser.add_argument("--overwrite", action="store_true", help="recompute results and costs that exist")
-    parser.add_argument("--results-md", type=Path, default=REPOSITORY / "eval" / "RESULTS.md",
-                        help="document whose tables (between its tables markers) are replaced, if it exists")
-    parser.add_argument("--no-costs", action="store_true",
-                        help="evaluate only; measure the costs in a later run, when the machine is quiet")
+    parser.add_argument(
+        "--results-md",
+        type=Path,
+        default=REPOSITORY / "eval" / "RESULTS.md",
+        help="document whose tables (between its tables markers) are replaced, if it exists",
+    )
+    parser.add_argument(
+        "--no-costs",
+        action="store_true",
+        help="evaluate only; measure the costs in a later run, when the machine is quiet",
+    )
     args = parser.parse_args()
     # MTEB's standard protocol fits LogisticRegression(max_iter=100), which often stops before converging:
     # that is the protocol, not an error, and one warning per fit would bury the progress lines.
@@ -117,7 +125,13 @@ def table_row(plan: Plan, configuration: Configuration, config_file: Path) -> di
     row = dict.fromkeys(COLUMNS, "")
     layers = " + ".join("L" + ",".join(map(str, layers)) for layers in configuration.layers)
     models = "+".join(configuration.models) or configuration.sentence_transformer
-    row.update(dataset=configuration.dataset, role=configuration.role, models=models, embedder=configuration.name, layers=layers or "-")
+    row.update(
+        dataset=configuration.dataset,
+        role=configuration.role,
+        models=models,
+        embedder=configuration.name,
+        layers=layers or "-",
+    )
     for task in plan.tasks(configuration.dataset):
         path = plan.result_path(configuration.name, task.metadata.name)
         if path is None:
@@ -125,7 +139,9 @@ def table_row(plan: Plan, configuration: Configuration, config_file: Path) -> di
         scores = TaskResult.from_disk(path).scores["test"][0]
         if task.n_experiments > 1:
             runs = [experiment["accuracy"] for experiment in scores["scores_per_experiment"]]
-            row.update(standard_accuracy=percent(scores["accuracy"]), standard_accuracy_sd=percent(statistics.stdev(runs)))
+            row.update(
+                standard_accuracy=percent(scores["accuracy"]), standard_accuracy_sd=percent(statistics.stdev(runs))
+            )
         else:
             row.update(paper_accuracy=percent(scores["accuracy"]), paper_macro_f1=percent(scores["f1"]))
     cost_file = plan.cost_path(configuration.name)
@@ -139,8 +155,14 @@ def table_row(plan: Plan, configuration: Configuration, config_file: Path) -> di
             sentences_per_second=f"{cost['sentences_per_second']:.1f}",
             load_average=cost["load_average_1min"],
         )
-    config = config_file.resolve().relative_to(REPOSITORY) if config_file.resolve().is_relative_to(REPOSITORY) else config_file
-    row["command"] = f"python eval/make_tables.py --config {config} --datasets {configuration.dataset} --only '{configuration.name}'"
+    config = (
+        config_file.resolve().relative_to(REPOSITORY)
+        if config_file.resolve().is_relative_to(REPOSITORY)
+        else config_file
+    )
+    row["command"] = (
+        f"python eval/make_tables.py --config {config} --datasets {configuration.dataset} --only '{configuration.name}'"
+    )
     return row
 
 
@@ -165,7 +187,8 @@ def markdown(plan: Plan, rows: list[dict]) -> str:
         "params = parameters of the (truncated) model; memory = peak resident memory while encoding minus that of the "
         "process before the model was built (weights + activations; tables.csv also has the whole-process peak); "
         "sent/s = fastest of the timed passes, batch size as configured; load = the machine's 1-minute load average "
-        "when it was measured (other jobs share the CPU: compare speeds only at similar load). Rows are reproduced by their command "
+        "when it was measured (other jobs share the CPU: compare speeds "
+        "only at similar load). Rows are reproduced by their command "
         "(add --overwrite to recompute existing results).",
         "",
         "## Summary: accuracy by dataset (standard / paper protocol)",
@@ -183,13 +206,30 @@ def markdown(plan: Plan, rows: list[dict]) -> str:
         dataset_rows = [row for row in rows if row["dataset"] == dataset]
         lines += ["", f"## {DISPLAY_NAMES[dataset]}", ""]
         lines += table(
-            ["role", "embedder", "standard acc", "paper acc", "paper macro-F1", "dim", "params (M)", "memory (MiB)", "sent/s", "load"],
+            [
+                "role",
+                "embedder",
+                "standard acc",
+                "paper acc",
+                "paper macro-F1",
+                "dim",
+                "params (M)",
+                "memory (MiB)",
+                "sent/s",
+                "load",
+            ],
             [
                 [
-                    row["role"], f"`{row['embedder']}`",
+                    row["role"],
+                    f"`{row['embedder']}`",
                     f"{row['standard_accuracy']} ± {row['standard_accuracy_sd']}" if row["standard_accuracy"] else "",
-                    row["paper_accuracy"], row["paper_macro_f1"], row["embedding_dimension"], row["parameters_millions"],
-                    row["model_rss_mib"], row["sentences_per_second"], row["load_average"],
+                    row["paper_accuracy"],
+                    row["paper_macro_f1"],
+                    row["embedding_dimension"],
+                    row["parameters_millions"],
+                    row["model_rss_mib"],
+                    row["sentences_per_second"],
+                    row["load_average"],
                 ]  # fmt: skip
                 for row in dataset_rows
             ],
@@ -201,14 +241,18 @@ def markdown(plan: Plan, rows: list[dict]) -> str:
 def summary_cell(rows: list[dict], role: str, models: str, dataset: str) -> str:
     """``standard / paper (layers)`` of a role and models on a dataset; layer choices may differ by dataset."""
     for row in rows:
-        if (row["role"], row["models"], row["dataset"]) == (role, models, dataset) and (row["standard_accuracy"] or row["paper_accuracy"]):
+        if (row["role"], row["models"], row["dataset"]) == (role, models, dataset) and (
+            row["standard_accuracy"] or row["paper_accuracy"]
+        ):
             layers = f" ({row['layers']})" if row["layers"] != "-" else ""
             return f"{row['standard_accuracy'] or '–'} / {row['paper_accuracy'] or '–'}{layers}"
     return ""
 
 
 def table(header: list[str], body: list[list]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in body]
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(str(cell) for cell in row) + " |" for row in body
+    ]
 
 
 if __name__ == "__main__":

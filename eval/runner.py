@@ -124,7 +124,9 @@ class Plan:
 
     def missing(self, configuration: Configuration) -> bool:
         """Whether some protocol's result of the configuration is not on disk yet."""
-        return not all(self.result_path(configuration.name, task.metadata.name) for task in self.tasks(configuration.dataset))
+        return not all(
+            self.result_path(configuration.name, task.metadata.name) for task in self.tasks(configuration.dataset)
+        )
 
     def result_path(self, name: str, task_name: str) -> Path | None:
         """The newest result file of a configuration on a task, whatever the revision, or ``None``."""
@@ -165,7 +167,9 @@ def load_plan(path: str | Path, datasets: Sequence[str] | None = None, only: Seq
         for dataset in chosen
         for entry in raw["configurations"]
         if dataset in entry.get("datasets", chosen)
-        for configuration in [_configuration(entry, dataset, REPOSITORY / raw.get("selection_folder", "eval/selection"))]
+        for configuration in [
+            _configuration(entry, dataset, REPOSITORY / raw.get("selection_folder", "eval/selection"))
+        ]
         if only is None or configuration.name in only
     )
     if only is not None and not configurations:
@@ -198,8 +202,10 @@ def selected_layers(selection_folder: Path, dataset: str, model: str, choice: st
     path = selection_folder / dataset / "report.json"
     report = json.loads(path.read_text()) if path.is_file() else {}
     if model not in report.get("models", {}):
-        raise ValueError(f"No layer selection of {model} on {dataset} in {path}: run "
-                         f"`python eval/selection_runs.py --datasets {dataset}` first, or give the layers.")
+        raise ValueError(
+            f"No layer selection of {model} on {dataset} in {path}: run "
+            f"`python eval/selection_runs.py --datasets {dataset}` first, or give the layers."
+        )
     if choice == "best layer":
         return [report["models"][model]["best_layer"]]
     return list(report["selections"][model]["chosen"])
@@ -213,16 +219,29 @@ def _configuration(entry: dict, dataset: str, selection_folder: Path) -> Configu
         layers = [selected_layers(selection_folder, dataset, model, layers) for model in entry["models"]]
     if isinstance(layers, dict):
         if dataset not in layers and "default" not in layers:
-            raise ValueError(f"Configuration {entry['role']!r} of {entry['models']} has no layers for {dataset!r} and no 'default'.")
+            raise ValueError(
+                f"Configuration {entry['role']!r} of {entry['models']} has no layers for {dataset!r} and no 'default'."
+            )
         layers = layers.get(dataset, layers.get("default"))
     if len(layers) != len(entry["models"]):
-        raise ValueError(f"Configuration {entry['role']!r}: give one layer list per model {entry['models']}, got {layers}.")
-    resolved = tuple(tuple(resolve_layers(model_layers, _depth(model))) for model, model_layers in zip(entry["models"], layers))
+        raise ValueError(
+            f"Configuration {entry['role']!r}: give one layer list per model {entry['models']}, got {layers}."
+        )
+    resolved = tuple(
+        tuple(resolve_layers(model_layers, _depth(model)))
+        for model, model_layers in zip(entry["models"], layers, strict=True)
+    )
     settings = {key: entry[key] for key in ("pooling", "fusion", "model_fusion") if key in entry}
     if "weighted" in settings.values():
         raise ValueError("Weighted fusion needs trained weights; evaluate a saved model for it instead.")
     configuration = Configuration(dataset, entry["role"], "", tuple(entry["models"]), resolved, **settings)
-    name = configuration_name(configuration.models, configuration.layers, configuration.pooling, configuration.fusion, configuration.model_fusion)
+    name = configuration_name(
+        configuration.models,
+        configuration.layers,
+        configuration.pooling,
+        configuration.fusion,
+        configuration.model_fusion,
+    )
     return Configuration(**{**asdict(configuration), "name": name})
 
 
@@ -258,13 +277,17 @@ class LayerBank:
 
     def __init__(self, model: str, layers: Sequence[int], pooling: str, max_seq_length: int) -> None:
         self.layers = sorted(set(layers))
-        embedder = build_fused_model(model, layers=self.layers, pooling=pooling, fusion="concat", max_seq_length=max_seq_length)
+        embedder = build_fused_model(
+            model, layers=self.layers, pooling=pooling, fusion="concat", max_seq_length=max_seq_length
+        )
         self.hidden_size = embedder.get_embedding_dimension() // len(self.layers)
         self.cache = CachedEncoder(embedder)
 
     def pooled(self, texts: Sequence[str], batch_size: int) -> dict[int, torch.Tensor]:
         vectors = torch.from_numpy(self.cache.encode(texts, batch_size=batch_size))
-        return {layer: vectors[:, i * self.hidden_size : (i + 1) * self.hidden_size] for i, layer in enumerate(self.layers)}
+        return {
+            layer: vectors[:, i * self.hidden_size : (i + 1) * self.hidden_size] for i, layer in enumerate(self.layers)
+        }
 
 
 class FusedView:
@@ -307,9 +330,18 @@ def run_evaluations(plan: Plan, overwrite: bool = False, log=print) -> None:
         if configuration.name not in metas:
             metas[configuration.name] = _checked_meta(plan, configuration, encoder)
         start = time.perf_counter()
-        result = evaluate_encoder(encoder, tasks, plan.results_folder, meta=metas[configuration.name], batch_size=plan.batch_size, overwrite=overwrite)
+        result = evaluate_encoder(
+            encoder,
+            tasks,
+            plan.results_folder,
+            meta=metas[configuration.name],
+            batch_size=plan.batch_size,
+            overwrite=overwrite,
+        )
         scores = ", ".join(f"{r.task_name}={r.get_score():.4f}" for r in result.task_results)
-        log(f"done     {configuration.name} on {configuration.dataset} in {time.perf_counter() - start:.0f} s: {scores}")
+        log(
+            f"done     {configuration.name} on {configuration.dataset} in {time.perf_counter() - start:.0f} s: {scores}"
+        )
 
 
 def _encoder(plan: Plan, configuration: Configuration, pending: Sequence[Configuration], banks: dict) -> CachedEncoder:
@@ -324,14 +356,14 @@ def _encoder(plan: Plan, configuration: Configuration, pending: Sequence[Configu
             banks[key] = CachedEncoder(build_embedder(configuration, plan.max_seq_length))
         return banks[key]
     members = []
-    for model, layers in zip(configuration.models, configuration.layers):
+    for model, layers in zip(configuration.models, configuration.layers, strict=True):
         key = (model, configuration.pooling)
         if key not in banks:
             needed = {
                 layer
                 for other in pending
                 if other.dataset == configuration.dataset
-                for other_model, other_layers in zip(other.models, other.layers)
+                for other_model, other_layers in zip(other.models, other.layers, strict=True)
                 if (other_model, other.pooling) == key
                 for layer in other_layers
             }
@@ -348,7 +380,9 @@ def _checked_meta(plan: Plan, configuration: Configuration, encoder: CachedEncod
     got = encoder.encode(texts, batch_size=plan.batch_size)
     deviation = float(np.abs(got - expected).max() / np.abs(expected).max())
     if deviation > PARITY_TOLERANCE:
-        raise RuntimeError(f"{configuration.name}: evaluated vectors differ from the real embedder's by {deviation:.2e} (relative).")
+        raise RuntimeError(
+            f"{configuration.name}: evaluated vectors differ from the real embedder's by {deviation:.2e} (relative)."
+        )
     sources = [SOURCES.get(model) for model in (configuration.models or (configuration.sentence_transformer,))]
     single = sources[0] if len(sources) == 1 else None
     return make_model_meta(
@@ -368,7 +402,14 @@ def run_costs(plan: Plan, overwrite: bool = False, log=print) -> None:
         if configuration.name in done or (path.exists() and not overwrite):
             continue
         done.add(configuration.name)
-        spec = json.dumps({**asdict(configuration), "max_seq_length": plan.max_seq_length, "batch_size": plan.batch_size, "cost_texts": plan.cost_texts})
+        spec = json.dumps(
+            {
+                **asdict(configuration),
+                "max_seq_length": plan.max_seq_length,
+                "batch_size": plan.batch_size,
+                "cost_texts": plan.cost_texts,
+            }
+        )
         subprocess.run([sys.executable, __file__, "cost", spec, str(path)], check=True)
         log(f"cost     {configuration.name}: {json.loads(path.read_text())}")
 
@@ -399,7 +440,9 @@ def measure_one(spec: dict, output: Path) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Internal: measure one configuration's cost (started by make_tables.py).")
+    parser = argparse.ArgumentParser(
+        description="Internal: measure one configuration's cost (started by make_tables.py)."
+    )
     parser.add_argument("mode", choices=["cost"])
     parser.add_argument("spec", help="the configuration as JSON")
     parser.add_argument("output", type=Path)

@@ -29,7 +29,16 @@ _LAZY = {
     "resolve_model": "lafusion_st.registry",
 }
 
-__all__ = ["FUSION_MODES", "POOLING_MODES", *_LAZY]
+__all__ = [
+    "FUSION_MODES",
+    "POOLING_MODES",
+    "FusedSentenceTransformer",
+    "LayerSelect",
+    "MultiModelFuse",
+    "TruncatedTransformer",
+    "build_fused_model",
+    "resolve_model",
+]
 
 
 def __getattr__(name: str) -> Any:

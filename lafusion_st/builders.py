@@ -49,19 +49,23 @@ def build_fused_model(
     names = [models] if isinstance(models, str) else list(models)
     if not names:
         raise ValueError("Give at least one model.")
-    per_model_layers = _per_model(layers, len(names), "layers", is_item=lambda value: all(isinstance(v, int) for v in value))
+    per_model_layers = _per_model(
+        layers, len(names), "layers", is_item=lambda value: all(isinstance(v, int) for v in value)
+    )
     per_model_pooling = _per_model(pooling, len(names), "pooling", is_item=lambda value: isinstance(value, str))
     members = [
         FusedSentenceTransformer(
             modules=build_member_modules(name, member_layers, member_pooling, fusion, max_seq_length, cache_dir),
             device=device,
         )
-        for name, member_layers, member_pooling in zip(names, per_model_layers, per_model_pooling)
+        for name, member_layers, member_pooling in zip(names, per_model_layers, per_model_pooling, strict=True)
     ]
     if len(members) == 1:
         return members[0]
     member_names = [f"{index}_{Path(name).name}" for index, name in enumerate(names)]
-    return FusedSentenceTransformer(modules=[MultiModelFuse(members, fusion=model_fusion, member_names=member_names)], device=device)
+    return FusedSentenceTransformer(
+        modules=[MultiModelFuse(members, fusion=model_fusion, member_names=member_names)], device=device
+    )
 
 
 def build_member_modules(
@@ -77,7 +81,9 @@ def build_member_modules(
     config = AutoConfig.from_pretrained(path)
     text_config = getattr(config, "text_config", None) or config
     depth, hidden_size = text_config.num_hidden_layers, text_config.hidden_size
-    layer_select = LayerSelect(resolve_layers(layers, depth), num_hidden_layers=depth, hidden_size=hidden_size, pooling=pooling, fusion=fusion)
+    layer_select = LayerSelect(
+        resolve_layers(layers, depth), num_hidden_layers=depth, hidden_size=hidden_size, pooling=pooling, fusion=fusion
+    )
     backbone = TruncatedTransformer(path, num_layers=max(layer_select.deepest_layer, 1), max_seq_length=max_seq_length)
     return [backbone, layer_select]
 
@@ -88,5 +94,7 @@ def _per_model(value, count: int, name: str, is_item) -> list:
         return [value] * count
     values = list(value)
     if len(values) != count or not all(is_item(item) for item in values):
-        raise ValueError(f"{name} must be one setting for all {count} models or a list of {count} settings, got {value!r}.")
+        raise ValueError(
+            f"{name} must be one setting for all {count} models or a list of {count} settings, got {value!r}."
+        )
     return values

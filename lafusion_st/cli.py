@@ -31,13 +31,31 @@ def parse_layers(text: str) -> list[int]:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", "-m", action="append", required=True, dest="models",
-                        help="model short name (see `lafusion models`), local folder or cached hub id; repeat for multi-model fusion")
-    parser.add_argument("--layers", "-l", action="append", type=parse_layers, required=True,
-                        help="comma-separated hidden_states indices (0 = embeddings, -1 = last); once, or once per --model")
-    parser.add_argument("--pooling", choices=POOLING_MODES, default="mean", help="token pooling per layer (default: mean)")
-    parser.add_argument("--fusion", choices=FUSION_MODES, default="concat", help="how a model's layers are fused (default: concat)")
-    parser.add_argument("--model-fusion", choices=FUSION_MODES, default="concat", help="how several models are fused (default: concat)")
+    parser.add_argument(
+        "--model",
+        "-m",
+        action="append",
+        required=True,
+        dest="models",
+        help="model short name (see `lafusion models`), local folder or cached hub id; repeat for multi-model fusion",
+    )
+    parser.add_argument(
+        "--layers",
+        "-l",
+        action="append",
+        type=parse_layers,
+        required=True,
+        help="comma-separated hidden_states indices (0 = embeddings, -1 = last); once, or once per --model",
+    )
+    parser.add_argument(
+        "--pooling", choices=POOLING_MODES, default="mean", help="token pooling per layer (default: mean)"
+    )
+    parser.add_argument(
+        "--fusion", choices=FUSION_MODES, default="concat", help="how a model's layers are fused (default: concat)"
+    )
+    parser.add_argument(
+        "--model-fusion", choices=FUSION_MODES, default="concat", help="how several models are fused (default: concat)"
+    )
     parser.add_argument("--max-seq-length", type=int, default=256, help="token limit per text (default: 256)")
 
 
@@ -45,8 +63,14 @@ def build_from_args(args: argparse.Namespace):
     from lafusion_st.builders import build_fused_model
 
     layers = args.layers[0] if len(args.layers) == 1 else args.layers
-    return build_fused_model(args.models, layers=layers, pooling=args.pooling, fusion=args.fusion,
-                             model_fusion=args.model_fusion, max_seq_length=args.max_seq_length)
+    return build_fused_model(
+        args.models,
+        layers=layers,
+        pooling=args.pooling,
+        fusion=args.fusion,
+        model_fusion=args.model_fusion,
+        max_seq_length=args.max_seq_length,
+    )
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -57,7 +81,11 @@ def cmd_models(args: argparse.Namespace) -> None:
         if model.source == "folder":
             state = "in package"
         else:
-            state = "materialised" if is_materialised(default_cache_dir() / model.name, model) else "materialised on first use"
+            state = (
+                "materialised"
+                if is_materialised(default_cache_dir() / model.name, model)
+                else "materialised on first use"
+            )
         print(f"{model.name:<14} {model.architecture:<40} {state:<26} {model.pip_command}")
 
 
@@ -89,7 +117,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
         np.save(args.output, embeddings, allow_pickle=False)
         print(f"wrote {embeddings.shape} float32 embeddings to {args.output}")
     else:
-        for text, vector in zip(texts, embeddings):
+        for text, vector in zip(texts, embeddings, strict=True):
             preview = ", ".join(f"{value:+.3f}" for value in vector[:4])
             print(f"{vector.shape[0]}-d [{preview}, ...]  {text[:60]!r}")
 
@@ -120,15 +148,26 @@ def load_task_from_args(args: argparse.Namespace):
 
 
 def add_selection_arguments(parser: argparse.ArgumentParser, default_models: list[str] | None = None) -> None:
-    parser.add_argument("--model", "-m", action="append", dest="models",
-                        help="model to scan (repeat for several); default: " + ", ".join(default_models or []))
+    parser.add_argument(
+        "--model",
+        "-m",
+        action="append",
+        dest="models",
+        help="model to scan (repeat for several); default: " + ", ".join(default_models or []),
+    )
     parser.add_argument("--pooling", choices=POOLING_MODES, default="mean", help="token pooling (default: mean)")
     parser.add_argument("--max-seq-length", type=int, default=256, help="token limit per text (default: 256)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threshold", type=float, default=0.002,
-                        help="smallest CV accuracy gain that adds a layer or a model (default: 0.002)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.002,
+        help="smallest CV accuracy gain that adds a layer or a model (default: 0.002)",
+    )
     parser.add_argument("--max-layers", type=int, default=4, help="most layers fused per model (default: 4)")
-    parser.add_argument("--output", "-o", default="lafusion-run", help="folder for report.json, layer_curves.png, model/")
+    parser.add_argument(
+        "--output", "-o", default="lafusion-run", help="folder for report.json, layer_curves.png, model/"
+    )
 
 
 def cmd_scan(args: argparse.Namespace) -> None:
@@ -137,8 +176,14 @@ def cmd_scan(args: argparse.Namespace) -> None:
 
     _, train, test = load_task_from_args(args)
     poolings = args.poolings or ["mean"]  # argparse's "append" would add to a list default
-    scans = scan_task(args.models, train.texts, test.texts, poolings=poolings, max_seq_length=args.max_seq_length,
-                      batch_size=args.batch_size)
+    scans = scan_task(
+        args.models,
+        train.texts,
+        test.texts,
+        poolings=poolings,
+        max_seq_length=args.max_seq_length,
+        batch_size=args.batch_size,
+    )
     for split, by_model in (("train", scans.train), ("test", scans.test)):
         for model, by_pooling in by_model.items():
             for pooling, vectors in by_pooling.items():
@@ -151,13 +196,24 @@ def _run(args: argparse.Namespace, with_test: bool) -> None:
 
     args.models = args.models or list(DEFAULT_MODELS)
     task, train, test = load_task_from_args(args)
-    settings = RunSettings(pooling=args.pooling, max_seq_length=args.max_seq_length, batch_size=args.batch_size,
-                           threshold=args.threshold, max_layers=args.max_layers, probe=ProbeConfig(seed=args.seed))
-    print(f"task {task}: {len(train)} train / {len(test)} test texts, {len(train.classes)} classes; models {args.models}")
+    settings = RunSettings(
+        pooling=args.pooling,
+        max_seq_length=args.max_seq_length,
+        batch_size=args.batch_size,
+        threshold=args.threshold,
+        max_layers=args.max_layers,
+        probe=ProbeConfig(seed=args.seed),
+    )
+    print(
+        f"task {task}: {len(train)} train / {len(test)} test texts, {len(train.classes)} classes; models {args.models}"
+    )
     result = run_task(str(task), train, test if with_test else None, args.models, args.output, settings)
     print(format_table(result))
     print(f"\nchosen layers {result.chosen_layers}; models {result.chosen_models}")
-    print(f"report {result.report_path}\nplot   {result.plot_path}\nmodel  {result.model_path}  (SentenceTransformer folder)")
+    print(
+        f"report {result.report_path}\nplot   {result.plot_path}\nmodel "
+        f" {result.model_path}  (SentenceTransformer folder)"
+    )
 
 
 def cmd_select(args: argparse.Namespace) -> None:
@@ -188,10 +244,19 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
         encoder = ORTFusedEncoder(args.model, provider=args.provider, dtype=args.dtype)
     protocols = args.protocols or ["standard"]  # argparse's "append" would add to a list default
-    tasks = [task for protocol in protocols
-             for task in get_tasks(args.tasks, protocol=protocol, max_train=args.max_train, max_test=args.max_test)]
-    result = evaluate_encoder(encoder, tasks, args.results_folder, name=args.name or f"lafusion/{Path(args.model).name}",
-                              batch_size=args.batch_size, show_progress_bar=True)
+    tasks = [
+        task
+        for protocol in protocols
+        for task in get_tasks(args.tasks, protocol=protocol, max_train=args.max_train, max_test=args.max_test)
+    ]
+    result = evaluate_encoder(
+        encoder,
+        tasks,
+        args.results_folder,
+        name=args.name or f"lafusion/{Path(args.model).name}",
+        batch_size=args.batch_size,
+        show_progress_bar=True,
+    )
     for task_result in result.task_results:
         print(f"{task_result.task_name:<28} main score {task_result.get_score():.4f}")
     print(f"MTEB result JSON under {args.results_folder}")
@@ -231,39 +296,68 @@ def build_parser() -> argparse.ArgumentParser:
     scan = verbs.add_parser("scan", help="cache every layer's pooled vectors of each model over a task")
     add_task_arguments(scan)
     scan.add_argument("--model", "-m", action="append", dest="models", required=True)
-    scan.add_argument("--pooling", action="append", dest="poolings", choices=POOLING_MODES,
-                      help="pooling mode(s), all from one forward pass (default: mean)")
+    scan.add_argument(
+        "--pooling",
+        action="append",
+        dest="poolings",
+        choices=POOLING_MODES,
+        help="pooling mode(s), all from one forward pass (default: mean)",
+    )
     scan.add_argument("--max-seq-length", type=int, default=256)
     scan.add_argument("--batch-size", type=int, default=32)
     scan.set_defaults(run=cmd_scan)
 
-    select = verbs.add_parser("select", help="choose layers (and models) by CV on the training split, build the embedder")
+    select = verbs.add_parser(
+        "select", help="choose layers (and models) by CV on the training split, build the embedder"
+    )
     add_task_arguments(select)
     add_selection_arguments(select, DEFAULT_MODELS)
     select.set_defaults(run=cmd_select)
 
-    run = verbs.add_parser("run", help="scan -> select -> build -> test: the result table and the layer-curve plot",
-                           description="Default: SmolLM2-135M (4-bit-derived) on a 1000/500 stratified subsample of SST-2.")
+    run = verbs.add_parser(
+        "run",
+        help="scan -> select -> build -> test: the result table and the layer-curve plot",
+        description="Default: SmolLM2-135M (4-bit-derived) on a 1000/500 stratified subsample of SST-2.",
+    )
     add_task_arguments(run)
     add_selection_arguments(run, DEFAULT_MODELS)
     run.set_defaults(run=cmd_run)
 
-    evaluate = verbs.add_parser("eval", help="evaluate a saved embedder on the MTEB tasks (standard and/or paper protocol)",
-                                description="The results tables of eval/RESULTS.md: `python eval/make_tables.py`.")
+    evaluate = verbs.add_parser(
+        "eval",
+        help="evaluate a saved embedder on the MTEB tasks (standard and/or paper protocol)",
+        description="The results tables of eval/RESULTS.md: `python eval/make_tables.py`.",
+    )
     evaluate.add_argument("model", help="saved SentenceTransformer folder or ONNX export folder")
-    evaluate.add_argument("--task", action="append", dest="tasks", metavar="TASK",
-                          help=f"{', '.join(BUNDLED_DATASETS)}, or an MTEB classification task whose data is in the local HF cache "
-                               "(repeatable; default: the four bundled ones)")
-    evaluate.add_argument("--protocol", action="append", dest="protocols", choices=PROTOCOLS,
-                          help="standard (MTEB, leaderboard-comparable; the default) and/or paper (probe on the full training split)")
+    evaluate.add_argument(
+        "--task",
+        action="append",
+        dest="tasks",
+        metavar="TASK",
+        help=f"{', '.join(BUNDLED_DATASETS)}, or an MTEB classification task whose data is in the local HF cache "
+        "(repeatable; default: the four bundled ones)",
+    )
+    evaluate.add_argument(
+        "--protocol",
+        action="append",
+        dest="protocols",
+        choices=PROTOCOLS,
+        help="standard (MTEB, leaderboard-comparable; the default) and/or paper (probe on the full training split)",
+    )
     evaluate.add_argument("--max-train", type=int, help="stratified training subsample for the paper protocol")
     evaluate.add_argument("--max-test", type=int, help="stratified test subsample")
-    evaluate.add_argument("--results-folder", default="lafusion-results", help="MTEB result cache (default: lafusion-results)")
+    evaluate.add_argument(
+        "--results-folder", default="lafusion-results", help="MTEB result cache (default: lafusion-results)"
+    )
     evaluate.add_argument("--name", help="configuration name for ModelMeta (default: lafusion/<folder name>)")
     evaluate.add_argument("--batch-size", type=int, default=32)
     onnx = evaluate.add_argument_group("ONNX exports only")
-    onnx.add_argument("--provider", choices=PROVIDERS, default="auto",
-                      help="ONNX Runtime execution provider (cuda never falls back to CPU; default: auto)")
+    onnx.add_argument(
+        "--provider",
+        choices=PROVIDERS,
+        default="auto",
+        help="ONNX Runtime execution provider (cuda never falls back to CPU; default: auto)",
+    )
     onnx.add_argument("--dtype", choices=DTYPES, default="fp32", help="exported graph variant (default: fp32)")
     evaluate.set_defaults(run=cmd_eval)
 
@@ -275,7 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if args.verb == "embed" and not args.saved and not (args.models and args.layers):
         raise SystemExit("lafusion embed: give --saved FOLDER, or --model and --layers")
     return args.run(args) or 0

@@ -111,9 +111,7 @@ class LabeledTexts:
                 above = [c for c in classes if quota[c] > 1]
                 quota[min(above, key=lambda c: share[c] - quota[c])] -= 1
         rng = np.random.default_rng(seed)
-        chosen = sorted(
-            int(i) for c in classes for i in rng.choice(index_by_class[c], quota[c], replace=False)
-        )
+        chosen = sorted(int(i) for c in classes for i in rng.choice(index_by_class[c], quota[c], replace=False))
         return LabeledTexts([self.texts[i] for i in chosen], [self.labels[i] for i in chosen])
 
 
@@ -129,9 +127,7 @@ def load_bundled(name: str, split: str) -> LabeledTexts:
         ValueError: For an unknown name or split, listing the valid ones.
     """
     if name not in BUNDLED_DATASETS:
-        raise ValueError(
-            f"unknown bundled dataset {name!r}; choose one of {list(BUNDLED_DATASETS)}"
-        )
+        raise ValueError(f"unknown bundled dataset {name!r}; choose one of {list(BUNDLED_DATASETS)}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
     resource = resources.files("lafusion_st") / "datasets" / f"{name}_{split}.jsonl.gz"
@@ -204,8 +200,7 @@ def check_classification_data(train: LabeledTexts, test: LabeledTexts | None = N
     classes = set(train.labels)
     if len(classes) < 2:
         raise ValueError(
-            f"the training split has {len(classes)} class ({sorted(classes, key=repr)}); "
-            "a classifier needs at least 2"
+            f"the training split has {len(classes)} class ({sorted(classes, key=repr)}); a classifier needs at least 2"
         )
     if test is not None:
         unseen = Counter(label for label in test.labels if label not in classes)
@@ -248,9 +243,7 @@ def load_task(
             raise ValueError("give either a bundled task or train/test files, not both")
         return load_bundled(task, "train"), load_bundled(task, "test")
     if train is None or test is None:
-        raise ValueError(
-            f"give a bundled task (one of {list(BUNDLED_DATASETS)}) or both a train and a test file"
-        )
+        raise ValueError(f"give a bundled task (one of {list(BUNDLED_DATASETS)}) or both a train and a test file")
     return load_file(train, text_col, label_col), load_file(test, text_col, label_col)
 
 
@@ -263,7 +256,7 @@ def _decode_utf8(raw: bytes, path: Path) -> str:
         offset = start + err.start
         line = raw.count(b"\n", 0, offset) + 1
         raise DataFormatError(
-            f"{path}: line {line}: byte {raw[offset:offset + 1]!r} at byte offset {offset} is not "
+            f"{path}: line {line}: byte {raw[offset : offset + 1]!r} at byte offset {offset} is not "
             "valid UTF-8; re-encode the file as UTF-8 (e.g. `iconv -f cp1252 -t utf-8 in > out`)"
         ) from None
 
@@ -292,9 +285,7 @@ def _parse_jsonl(text: str, source: str | Path, text_col: str, label_col: str) -
                 raise DataFormatError(f"{where}: no {column!r} field; fields present: {list(row)}")
         value, label = row[text_col], row[label_col]
         if not isinstance(value, str):
-            raise DataFormatError(
-                f"{where}: {text_col!r} must be a string, got {type(value).__name__} {value!r}"
-            )
+            raise DataFormatError(f"{where}: {text_col!r} must be a string, got {type(value).__name__} {value!r}")
         _check_label(label, where, label_col)
         if labels and type(label) is not type(labels[0]):
             raise DataFormatError(
@@ -311,9 +302,7 @@ def _parse_jsonl(text: str, source: str | Path, text_col: str, label_col: str) -
     return LabeledTexts(texts, labels)
 
 
-def _parse_csv(
-    text: str, path: Path, text_col: str, label_col: str, delimiter: str
-) -> LabeledTexts:
+def _parse_csv(text: str, path: Path, text_col: str, label_col: str, delimiter: str) -> LabeledTexts:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     texts: list[str] = []
     labels: list = []
@@ -322,8 +311,7 @@ def _parse_csv(
         for column in (text_col, label_col):
             if column not in header:
                 raise DataFormatError(
-                    f"{path}: line {reader.line_num} (header): no {column!r} column; "
-                    f"columns present: {header}"
+                    f"{path}: line {reader.line_num} (header): no {column!r} column; columns present: {header}"
                 )
         text_at, label_at = header.index(text_col), header.index(label_col)
         line_end = reader.line_num
@@ -333,9 +321,7 @@ def _parse_csv(
             if not row:
                 continue
             if len(row) != len(header):
-                raise DataFormatError(
-                    f"{where}: expected {len(header)} fields like the header, got {len(row)}"
-                )
+                raise DataFormatError(f"{where}: expected {len(header)} fields like the header, got {len(row)}")
             _check_label(row[label_at], where, label_col)
             texts.append(row[text_at])
             labels.append(row[label_at])
@@ -351,8 +337,7 @@ def _parse_csv(
 def _check_label(label: object, where: str, label_col: str) -> None:
     if isinstance(label, bool) or not isinstance(label, (int, str)):
         raise DataFormatError(
-            f"{where}: {label_col!r} must be an int or a string, "
-            f"got {type(label).__name__} {label!r}"
+            f"{where}: {label_col!r} must be an int or a string, got {type(label).__name__} {label!r}"
         )
     if isinstance(label, str) and not label.strip():
         raise DataFormatError(f"{where}: {label_col!r} is empty")

@@ -91,7 +91,10 @@ def configuration_name(
     """
     if len(models) != len(layers) or not models:
         raise ValueError(f"Give one layer list per model, got models {list(models)} and layers {list(layers)}.")
-    members = "+".join(f"{Path(model).name}__L{'-'.join(str(layer) for layer in model_layers)}" for model, model_layers in zip(models, layers))
+    members = "+".join(
+        f"{Path(model).name}__L{'-'.join(str(layer) for layer in model_layers)}"
+        for model, model_layers in zip(models, layers, strict=True)
+    )
     name = f"{namespace}/{members}__{pooling}__{fusion}"
     return f"{name}__{model_fusion}" if len(models) > 1 else name
 
@@ -141,9 +144,15 @@ def make_model_meta(
         revision = revision or getattr(encoder, "revision", None)
         n_parameters = n_parameters if n_parameters is not None else getattr(encoder, "num_parameters", None)
         framework = framework or getattr(encoder, "framework", None)
-    missing = [field for field, value in (("revision", revision), ("n_parameters", n_parameters), ("framework", framework)) if value is None]
+    missing = [
+        field
+        for field, value in (("revision", revision), ("n_parameters", n_parameters), ("framework", framework))
+        if value is None
+    ]
     if not is_torch and missing:
-        raise ValueError(f"{type(encoder).__name__} is not a torch module: pass {', '.join(missing)} to make_model_meta.")
+        raise ValueError(
+            f"{type(encoder).__name__} is not a torch module: pass {', '.join(missing)} to make_model_meta."
+        )
     if framework is None:
         framework = ["Sentence Transformers", "PyTorch"] if isinstance(encoder, SentenceTransformer) else ["PyTorch"]
     parameters = list(encoder.parameters()) if is_torch else []
@@ -152,7 +161,9 @@ def make_model_meta(
             name=name,
             revision=revision or _fingerprint(encoder),
             n_parameters=n_parameters if n_parameters is not None else sum(p.numel() for p in parameters),
-            memory_usage_mb=round(sum(p.numel() * p.element_size() for p in parameters) / 2**20, 1) if is_torch else None,
+            memory_usage_mb=round(sum(p.numel() * p.element_size() for p in parameters) / 2**20, 1)
+            if is_torch
+            else None,
             embed_dim=embed_dim if embed_dim is not None else _embedding_dimension(encoder),
             framework=list(framework),
             max_tokens=max_tokens if max_tokens is not None else getattr(encoder, "max_seq_length", None),
@@ -187,7 +198,9 @@ class CachedEncoder:
         """Number of distinct texts embedded so far."""
         return len(self._vectors)
 
-    def encode(self, sentences: Sequence[str], batch_size: int = 32, show_progress_bar: bool = False, **_: Any) -> np.ndarray:
+    def encode(
+        self, sentences: Sequence[str], batch_size: int = 32, show_progress_bar: bool = False, **_: Any
+    ) -> np.ndarray:
         """``[len(sentences), dim]`` float32 embeddings, computing only texts not seen before.
 
         Raises:
@@ -196,9 +209,11 @@ class CachedEncoder:
         """
         missing = list(dict.fromkeys(text for text in sentences if text not in self._vectors))
         if missing:
-            vectors = self.encoder.encode(missing, batch_size=batch_size, show_progress_bar=show_progress_bar, convert_to_numpy=True)
+            vectors = self.encoder.encode(
+                missing, batch_size=batch_size, show_progress_bar=show_progress_bar, convert_to_numpy=True
+            )
             vectors = self._checked(vectors, missing)
-            self._vectors.update(zip(missing, vectors))
+            self._vectors.update(zip(missing, vectors, strict=True))
         if not sentences:
             return np.empty((0, self.embedding_dimension or 0), dtype=np.float32)
         return np.stack([self._vectors[text] for text in sentences])
@@ -209,11 +224,15 @@ class CachedEncoder:
         vectors = np.asarray(vectors, dtype=np.float32)
         expected = (len(texts), self.embedding_dimension or (vectors.shape[-1] if vectors.ndim == 2 else "dim"))
         if vectors.shape != expected:
-            raise ValueError(f"{type(self.encoder).__name__}.encode returned shape {vectors.shape} for {len(texts)} texts; expected {expected}.")
+            raise ValueError(
+                f"{type(self.encoder).__name__}.encode returned shape "
+                f"{vectors.shape} for {len(texts)} texts; expected {expected}."
+            )
         bad_rows = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
         if bad_rows.size:
             raise ValueError(
-                f"{type(self.encoder).__name__}.encode returned NaN or infinite values for {bad_rows.size} of {len(texts)} "
+                f"{type(self.encoder).__name__}.encode returned NaN or "
+                f"infinite values for {bad_rows.size} of {len(texts)} "
                 f"texts, the first being {texts[bad_rows[0]][:80]!r}."
             )
         self.embedding_dimension = vectors.shape[1]
@@ -246,7 +265,9 @@ class MTEBEncoder(AbsEncoder):
         **kwargs: Any,
     ) -> np.ndarray:
         texts = [text for batch in inputs for text in batch["text"]]
-        return self.model.encode(texts, batch_size=kwargs.get("batch_size", 32), show_progress_bar=kwargs.get("show_progress_bar", False))
+        return self.model.encode(
+            texts, batch_size=kwargs.get("batch_size", 32), show_progress_bar=kwargs.get("show_progress_bar", False)
+        )
 
 
 def evaluate_encoder(
@@ -352,7 +373,9 @@ def measure_cost(
         sample_interval_s: Memory sampling period.
     """
     if not texts or repeats < 1:
-        raise ValueError(f"measure_cost needs at least one text and one repeat, got {len(texts)} texts and {repeats} repeats.")
+        raise ValueError(
+            f"measure_cost needs at least one text and one repeat, got {len(texts)} texts and {repeats} repeats."
+        )
     texts = list(texts)
     encoder.encode(texts[:batch_size], batch_size=batch_size, convert_to_numpy=True)
     process = psutil.Process()

@@ -8,6 +8,7 @@ vectors of different sizes) at construction time rather than at the first batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import torch
 
 from lafusion_st.modes import FUSION_MODES, FusionMode

@@ -162,8 +162,7 @@ def special_token_settings(meta: GGUFTokenizerMetadata) -> dict[str, Any]:
     for name in ("bos", "eos", "pad", "unk"):
         token_id = getattr(meta, f"{name}_token_id")
         if token_id is not None and not 0 <= token_id < len(meta.tokens):
-            raise ValueError(f"{name}_token_id {token_id} is outside the vocabulary "
-                             f"(0..{len(meta.tokens) - 1})")
+            raise ValueError(f"{name}_token_id {token_id} is outside the vocabulary (0..{len(meta.tokens) - 1})")
         settings[f"{name}_token"] = None if token_id is None else meta.tokens[token_id]
     for flag, default in _DEFAULT_FLAGS[meta.model].items():
         value = getattr(meta, flag)
@@ -211,10 +210,13 @@ def build_tokenizer(meta: GGUFTokenizerMetadata) -> Any:
     settings = special_token_settings(meta)
     vocab = {piece: i for i, piece in enumerate(meta.tokens)}
     if len(vocab) != len(meta.tokens):
-        raise ValueError(f"The vocabulary has {len(meta.tokens) - len(vocab)} duplicated pieces; "
-                         f"ids would shift, so it is not rebuilt")
-    backend = Tokenizer(_spm_model(meta, vocab, settings) if meta.model == "llama"
-                        else _byte_level_model(meta, vocab, settings))
+        raise ValueError(
+            f"The vocabulary has {len(meta.tokens) - len(vocab)} duplicated pieces; "
+            f"ids would shift, so it is not rebuilt"
+        )
+    backend = Tokenizer(
+        _spm_model(meta, vocab, settings) if meta.model == "llama" else _byte_level_model(meta, vocab, settings)
+    )
     if meta.model == "llama":
         _add_spm_text_handling(backend, settings["add_space_prefix"])
     else:
@@ -242,8 +244,13 @@ def _spm_model(meta: GGUFTokenizerMetadata, vocab: dict[str, int], settings: dic
     from tokenizers.models import BPE
 
     types = meta.token_types or ()
-    return BPE(vocab=vocab, merges=spm_merges(meta), unk_token=settings["unk_token"], fuse_unk=True,
-               byte_fallback=_BYTE in types)
+    return BPE(
+        vocab=vocab,
+        merges=spm_merges(meta),
+        unk_token=settings["unk_token"],
+        fuse_unk=True,
+        byte_fallback=_BYTE in types,
+    )
 
 
 def _byte_level_model(meta: GGUFTokenizerMetadata, vocab: dict[str, int], settings: dict[str, Any]) -> Any:
@@ -252,7 +259,7 @@ def _byte_level_model(meta: GGUFTokenizerMetadata, vocab: dict[str, int], settin
     if meta.merges is None:
         raise ValueError("A byte-level BPE ('gpt2') GGUF tokenizer needs tokenizer.ggml.merges")
     # As llama.cpp reads them: split at the first space after the first character.
-    merges = [(m[:cut], m[cut + 1:]) for m in meta.merges if (cut := m.find(" ", 1)) > 0]
+    merges = [(m[:cut], m[cut + 1 :]) for m in meta.merges if (cut := m.find(" ", 1)) > 0]
     return BPE(vocab=vocab, merges=merges, unk_token=settings["unk_token"])
 
 
@@ -264,15 +271,18 @@ def _add_spm_text_handling(backend: Any, add_space_prefix: bool) -> None:
     backend.pre_tokenizer = None  # llama.cpp's SentencePiece tokenizer does not split the text
     tail = [decoders.Strip(" ", 1, 0)] if add_space_prefix else []
     backend.decoder = decoders.Sequence(
-        [decoders.Replace(_SPACE_PIECE, " "), decoders.ByteFallback(), decoders.Fuse(), *tail])
+        [decoders.Replace(_SPACE_PIECE, " "), decoders.ByteFallback(), decoders.Fuse(), *tail]
+    )
 
 
 def _add_byte_level_text_handling(backend: Any, pre: str | None) -> None:
     from tokenizers import decoders, pre_tokenizers
 
     if pre not in BYTE_LEVEL_PRE_TOKENIZERS:
-        raise ValueError(f"Unsupported tokenizer.ggml.pre {pre!r} for a byte-level BPE tokenizer; "
-                         f"supported: {sorted(BYTE_LEVEL_PRE_TOKENIZERS)}")
+        raise ValueError(
+            f"Unsupported tokenizer.ggml.pre {pre!r} for a byte-level BPE tokenizer; "
+            f"supported: {sorted(BYTE_LEVEL_PRE_TOKENIZERS)}"
+        )
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     digits = [pre_tokenizers.Digits(individual_digits=True)] if BYTE_LEVEL_PRE_TOKENIZERS[pre] else []
     backend.pre_tokenizer = pre_tokenizers.Sequence([*digits, byte_level])
@@ -284,10 +294,14 @@ def _add_whole_tokens(backend: Any, meta: GGUFTokenizerMetadata) -> None:
     from tokenizers import AddedToken
 
     types = meta.token_types or ()
-    special = [AddedToken(meta.tokens[i], special=True, normalized=False)
-               for i, t in enumerate(types) if t in (_CONTROL, _UNKNOWN)]
-    plain = [AddedToken(meta.tokens[i], special=False, normalized=False)
-             for i, t in enumerate(types) if t == _USER_DEFINED]
+    special = [
+        AddedToken(meta.tokens[i], special=True, normalized=False)
+        for i, t in enumerate(types)
+        if t in (_CONTROL, _UNKNOWN)
+    ]
+    plain = [
+        AddedToken(meta.tokens[i], special=False, normalized=False) for i, t in enumerate(types) if t == _USER_DEFINED
+    ]
     backend.add_special_tokens(special)
     backend.add_tokens(plain)
 
@@ -304,5 +318,8 @@ def _bos_eos_template(settings: dict[str, Any], vocab: dict[str, int]) -> Any:
         return [*bos, f"${name}:{type_id}", *eos]
 
     tokens = sorted({settings[f"{name}_token"] for name in wrappers})
-    return processors.TemplateProcessing(single=sequence("A", 0), pair=sequence("A", 0) + sequence("B", 1),
-                                         special_tokens=[(t, vocab[t]) for t in tokens])
+    return processors.TemplateProcessing(
+        single=sequence("A", 0),
+        pair=sequence("A", 0) + sequence("B", 1),
+        special_tokens=[(t, vocab[t]) for t in tokens],
+    )

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache
 from typing import ClassVar
 
 import mteb
@@ -169,7 +169,8 @@ class SST2Classification(BundledClassificationTask):
         bibtex_citation=r"""
 @inproceedings{socher2013recursive,
   address = {Seattle, Washington, USA},
-  author = {Socher, Richard and Perelygin, Alex and Wu, Jean and Chuang, Jason and Manning, Christopher D. and Ng, Andrew and Potts, Christopher},
+  author = {Socher, Richard and Perelygin, Alex and Wu, Jean and Chuang, Jason and Manning, Christopher D.
+            and Ng, Andrew and Potts, Christopher},
   booktitle = {Proceedings of the 2013 Conference on Empirical Methods in Natural Language Processing},
   pages = {1631--1642},
   publisher = {Association for Computational Linguistics},
@@ -292,7 +293,7 @@ TASKS: dict[str, type[BundledClassificationTask]] = {
 """The bundled tasks by dataset name, in the order of the paper's tables."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def task_variant(
     task_class: type[AbsTaskClassification],
     protocol: Protocol = "standard",
@@ -342,7 +343,9 @@ def task_variant(
             "Paper protocol: one experiment, the probe (standardised features + logistic regression, "
             f"max_iter={PAPER_PROBE_MAX_ITER}) trained on the whole training split."
         )
-    dataset = dict(task_class.metadata.dataset)  # MTEB's own tasks load by this revision: keep it unless the data changes
+    dataset = dict(
+        task_class.metadata.dataset
+    )  # MTEB's own tasks load by this revision: keep it unless the data changes
     if subsampled:
         sample = f"train{max_train or 'all'}-test{max_test or 'all'}-seed{seed}"
         suffixes.append(sample)

@@ -80,8 +80,14 @@ def run_task(
     settings = settings or RunSettings()
     check_classification_data(train, test)
     output_dir = Path(output_dir)
-    scans = scan_task(models, train.texts, test.texts if test is not None else None, poolings=[settings.pooling],
-                      max_seq_length=settings.max_seq_length, batch_size=settings.batch_size)
+    scans = scan_task(
+        models,
+        train.texts,
+        test.texts if test is not None else None,
+        poolings=[settings.pooling],
+        max_seq_length=settings.max_seq_length,
+        batch_size=settings.batch_size,
+    )
     train_vectors = {model: scans.train[model][settings.pooling] for model in models}
 
     rows: dict[str, TestScore] = {}
@@ -92,12 +98,24 @@ def run_task(
         vectors = train_vectors[model].vectors
         curves[model] = layer_scores(vectors, train.labels, settings.probe)
         best = max(range(len(curves[model])), key=lambda layer: (curves[model][layer].accuracy_mean, -layer))
-        candidates = sorted(range(len(curves[model])), key=lambda layer: -curves[model][layer].accuracy_mean)[:GREEDY_CANDIDATES]
-        selections[model] = greedy_layers(vectors, train.labels, curves[model], threshold=settings.threshold,
-                                          max_layers=settings.max_layers, candidates=candidates, config=settings.probe)
+        candidates = sorted(range(len(curves[model])), key=lambda layer: -curves[model][layer].accuracy_mean)[
+            :GREEDY_CANDIDATES
+        ]
+        selections[model] = greedy_layers(
+            vectors,
+            train.labels,
+            curves[model],
+            threshold=settings.threshold,
+            max_layers=settings.max_layers,
+            candidates=candidates,
+            config=settings.probe,
+        )
         last = len(curves[model]) - 1
-        for label, layers, score in (("last layer", [last], curves[model][last]), ("best layer", [best], curves[model][best]),
-                                     ("fused layers", selections[model].chosen, selections[model].score)):
+        for label, layers, score in (
+            ("last layer", [last], curves[model][last]),
+            ("best layer", [best], curves[model][best]),
+            ("fused layers", selections[model].chosen, selections[model].score),
+        ):
             name = f"{model} {label} {layers}"
             cv[name] = score
             if test is not None:
@@ -107,35 +125,79 @@ def run_task(
     model_complementarity = None
     if len(models) > 1:
         features = {model: train_vectors[model].concat(selections[model].chosen) for model in models}
-        selections["models"] = greedy_models(features, train.labels, threshold=settings.threshold, config=settings.probe)
+        selections["models"] = greedy_models(
+            features, train.labels, threshold=settings.threshold, config=settings.probe
+        )
         model_complementarity = complementarity(features, train.labels, settings.probe)
         chosen_models = list(selections["models"].chosen)
         name = "multi-model " + " + ".join(f"{model} {selections[model].chosen}" for model in models)
         cv[name] = _cv_of_all(selections["models"], models)
         if test is not None:
-            rows[name] = score_fusion_on_test(scans, models, settings.pooling, {m: selections[m].chosen for m in models},
-                                              train, test, settings.probe)
+            rows[name] = score_fusion_on_test(
+                scans, models, settings.pooling, {m: selections[m].chosen for m in models}, train, test, settings.probe
+            )
         if len(chosen_models) < len(models):
             name = "greedy models " + " + ".join(chosen_models)
             cv[name] = selections["models"].score
             if test is not None:
-                rows[name] = score_fusion_on_test(scans, chosen_models, settings.pooling,
-                                                  {m: selections[m].chosen for m in chosen_models}, train, test, settings.probe)
+                rows[name] = score_fusion_on_test(
+                    scans,
+                    chosen_models,
+                    settings.pooling,
+                    {m: selections[m].chosen for m in chosen_models},
+                    train,
+                    test,
+                    settings.probe,
+                )
 
     model_path = output_dir / "model"
-    embedder = build_fused_model(chosen_models, layers=[selections[m].chosen for m in chosen_models], pooling=settings.pooling,
-                                 max_seq_length=settings.max_seq_length)
-    _check_embedder_matches_scan(embedder, scans.test if test is not None else scans.train, chosen_models, settings.pooling,
-                                 {m: selections[m].chosen for m in chosen_models}, test if test is not None else train)
+    embedder = build_fused_model(
+        chosen_models,
+        layers=[selections[m].chosen for m in chosen_models],
+        pooling=settings.pooling,
+        max_seq_length=settings.max_seq_length,
+    )
+    _check_embedder_matches_scan(
+        embedder,
+        scans.test if test is not None else scans.train,
+        chosen_models,
+        settings.pooling,
+        {m: selections[m].chosen for m in chosen_models},
+        test if test is not None else train,
+    )
     embedder.save(str(model_path))
-    plot_path = plot_layer_curves(output_dir / "layer_curves.png", curves, {m: selections[m].chosen for m in models}, task=task)
+    plot_path = plot_layer_curves(
+        output_dir / "layer_curves.png", curves, {m: selections[m].chosen for m in models}, task=task
+    )
     report_path = output_dir / "report.json"
-    write_report(report_path, task=task, layer_scores=curves, selections=selections, complementarity=model_complementarity,
-                 test_scores=rows, probe_config=settings.probe,
-                 settings={"pooling": settings.pooling, "max_seq_length": settings.max_seq_length, "num_train": len(train),
-                           "num_test": len(test) if test is not None else 0, "models": models, "chosen_models": chosen_models, "model_path": str(model_path)})
-    return RunResult(rows, cv, {m: selections[m].chosen for m in models}, chosen_models, report_path, Path(plot_path), model_path,
-                     scans)
+    write_report(
+        report_path,
+        task=task,
+        layer_scores=curves,
+        selections=selections,
+        complementarity=model_complementarity,
+        test_scores=rows,
+        probe_config=settings.probe,
+        settings={
+            "pooling": settings.pooling,
+            "max_seq_length": settings.max_seq_length,
+            "num_train": len(train),
+            "num_test": len(test) if test is not None else 0,
+            "models": models,
+            "chosen_models": chosen_models,
+            "model_path": str(model_path),
+        },
+    )
+    return RunResult(
+        rows,
+        cv,
+        {m: selections[m].chosen for m in models},
+        chosen_models,
+        report_path,
+        Path(plot_path),
+        model_path,
+        scans,
+    )
 
 
 def format_table(result: RunResult) -> str:
@@ -148,13 +210,27 @@ def format_table(result: RunResult) -> str:
     return "\n".join(lines)
 
 
-def _test(scans: TaskScan, model: str, pooling: str, layers: list[int], train: LabeledTexts, test: LabeledTexts,
-          probe: ProbeConfig) -> TestScore:
+def _test(
+    scans: TaskScan,
+    model: str,
+    pooling: str,
+    layers: list[int],
+    train: LabeledTexts,
+    test: LabeledTexts,
+    probe: ProbeConfig,
+) -> TestScore:
     return score_fusion_on_test(scans, [model], pooling, {model: layers}, train, test, probe)
 
 
-def score_fusion_on_test(scans: TaskScan, models: list[str], pooling: str, layers: dict[str, list[int]], train: LabeledTexts,
-                         test: LabeledTexts, probe: ProbeConfig) -> TestScore:
+def score_fusion_on_test(
+    scans: TaskScan,
+    models: list[str],
+    pooling: str,
+    layers: dict[str, list[int]],
+    train: LabeledTexts,
+    test: LabeledTexts,
+    probe: ProbeConfig,
+) -> TestScore:
     """Test score of fusing ``layers`` of ``models`` (concatenated, the fused embedder's layout) from a scan.
 
     The probe is fit on the whole training split and scored on the test split, so call this only for
@@ -173,8 +249,9 @@ def _cv_of_all(selection: Selection, models: list[str]) -> ProbeScore:
     return selection.score
 
 
-def _check_embedder_matches_scan(embedder: Any, scanned: dict, models: list[str], pooling: str,
-                                 layers: dict[str, list[int]], data: LabeledTexts) -> None:
+def _check_embedder_matches_scan(
+    embedder: Any, scanned: dict, models: list[str], pooling: str, layers: dict[str, list[int]], data: LabeledTexts
+) -> None:
     """The saved embedder must reproduce the scanned vectors the numbers were computed from."""
     sample = data.texts[:8]
     expected = np.concatenate([scanned[m][pooling].concat(layers[m])[: len(sample)] for m in models], axis=1)

@@ -150,22 +150,33 @@ def check_labels(labels: Sequence, folds: int) -> int:
     counts = _class_counts(labels)
     largest = max(counts.values())
     if largest < 2:
-        raise ValueError(f"Every one of the {len(counts)} classes has a single training example; cross-validation needs "
-                         "at least one class with 2 or more.")
+        raise ValueError(
+            f"Every one of the {len(counts)} classes has a single training example; cross-validation needs "
+            "at least one class with 2 or more."
+        )
     if largest < folds:
-        warnings.warn(f"No class has {folds} training examples (the largest has {largest}): using {largest}-fold "
-                      "cross-validation instead.", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"No class has {folds} training examples (the largest has {largest}): using {largest}-fold "
+            "cross-validation instead.",
+            UserWarning,
+            stacklevel=3,
+        )
         folds = largest
     rare = sorted((label for label, count in counts.items() if count < folds), key=repr)
     if rare:
         shown = ", ".join(f"{label!r} ({counts[label]})" for label in rare[:10]) + (", ..." if len(rare) > 10 else "")
-        warnings.warn(f"{len(rare)} class(es) have fewer than {folds} training examples: {shown}. They are missing from "
-                      "some folds, and a class with one example is always wrong in the fold that tests it.",
-                      UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{len(rare)} class(es) have fewer than {folds} training examples: {shown}. They are missing from "
+            "some folds, and a class with one example is always wrong in the fold that tests it.",
+            UserWarning,
+            stacklevel=3,
+        )
     return folds
 
 
-def cross_validate(features: np.ndarray, labels: Sequence, config: ProbeConfig = ProbeConfig(), *, folds: int | None = None) -> CrossValidation:
+def cross_validate(
+    features: np.ndarray, labels: Sequence, config: ProbeConfig = ProbeConfig(), *, folds: int | None = None
+) -> CrossValidation:
     """Stratified k-fold CV of the probe on ``features`` (``[N, D]``, training split only).
 
     Args:
@@ -234,12 +245,21 @@ def layer_scores(
     vectors = np.asarray(vectors)
     if vectors.ndim != 3:
         raise ValueError(f"vectors must be [layers, texts, hidden], got shape {vectors.shape}.")
-    return score_many(iter(vectors), labels, config, total=len(vectors), description="probe layers",
-                      show_progress_bar=show_progress_bar)
+    return score_many(
+        iter(vectors),
+        labels,
+        config,
+        total=len(vectors),
+        description="probe layers",
+        show_progress_bar=show_progress_bar,
+    )
 
 
 def fit_and_test(
-    train_features: np.ndarray, train_labels: Sequence, test_features: np.ndarray, test_labels: Sequence,
+    train_features: np.ndarray,
+    train_labels: Sequence,
+    test_features: np.ndarray,
+    test_labels: Sequence,
     config: ProbeConfig = ProbeConfig(),
 ) -> TestScore:
     """Train the probe on the full training split and score it on the test split: the final report number

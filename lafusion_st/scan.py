@@ -269,18 +269,29 @@ class LayerScanner:
         """Run the model over every chunk some pooling still lacks, writing each chunk when it is done."""
         chunks = self._chunks(len(texts))
         needs = {
-            chunk: [pooling for pooling, entry in missing.items() if not entry.has_chunk(*chunk, self._chunk_shape(*chunk))]
+            chunk: [
+                pooling for pooling, entry in missing.items() if not entry.has_chunk(*chunk, self._chunk_shape(*chunk))
+            ]
             for chunk in chunks
         }
         todo = [chunk for chunk in chunks if needs[chunk]]
         if len(todo) < len(chunks):
-            logger.info("Resuming the scan of %s: %d of %d chunks are cached.", self.model, len(chunks) - len(todo), len(chunks))
+            logger.info(
+                "Resuming the scan of %s: %d of %d chunks are cached.", self.model, len(chunks) - len(todo), len(chunks)
+            )
         plan = [(chunk, self._chunk_batches(texts, *chunk)) for chunk in todo]
-        progress = tqdm(total=sum(len(batches) for _, batches in plan), desc=f"scan {self.model}", unit="batch",
-                        disable=not self.show_progress_bar)
+        progress = tqdm(
+            total=sum(len(batches) for _, batches in plan),
+            desc=f"scan {self.model}",
+            unit="batch",
+            disable=not self.show_progress_bar,
+        )
         with progress:
             for (start, end), batches in plan:
-                buffers = {pooling: np.empty(self._chunk_shape(start, end), dtype=np.float32) for pooling in needs[(start, end)]}
+                buffers = {
+                    pooling: np.empty(self._chunk_shape(start, end), dtype=np.float32)
+                    for pooling in needs[(start, end)]
+                }
                 for positions in batches:
                     pooled = self.embed_batch([texts[index] for index in positions], list(buffers))
                     for pooling, buffer in buffers.items():
@@ -298,10 +309,15 @@ class LayerScanner:
             features = self.module.forward(self.preprocess(texts))
             hidden_states = features["all_layer_embeddings"]
             if len(hidden_states) != self.num_hidden_layers + 1:
-                raise RuntimeError(f"{self.model} returned {len(hidden_states)} hidden states, expected {self.num_hidden_layers + 1}.")
+                raise RuntimeError(
+                    f"{self.model} returned {len(hidden_states)} hidden states, expected {self.num_hidden_layers + 1}."
+                )
             # Layer by layer rather than one stacked tensor: the same values without an [L+1, B, T, H] copy.
             return {
-                pooling: torch.stack([pool(layer, features["attention_mask"], pooling) for layer in hidden_states]).float().cpu().numpy()
+                pooling: torch.stack([pool(layer, features["attention_mask"], pooling) for layer in hidden_states])
+                .float()
+                .cpu()
+                .numpy()
                 for pooling in (poolings or self.poolings)
             }
 
@@ -309,8 +325,11 @@ class LayerScanner:
         return {
             "model": self.model,
             "model_path": self.model_path,
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                         "sentence_transformers": sentence_transformers.__version__},
+            "versions": {
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "sentence_transformers": sentence_transformers.__version__,
+            },
         }
 
 
@@ -339,7 +358,11 @@ class ScanCacheEntry:
                     raise ValueError(f"sidecar field {name!r} is {sidecar.get(name)!r}, expected {value!r}")
             return _read_checked(self.data_file, self.expected["shape"], sidecar.get("sha256"))
         except Exception as error:  # noqa: BLE001 - any unreadable entry is recomputed, never trusted
-            warnings.warn(f"Scan cache entry {self.data_file} is unusable ({error}); recomputing it.", ScanCacheWarning, stacklevel=3)
+            warnings.warn(
+                f"Scan cache entry {self.data_file} is unusable ({error}); recomputing it.",
+                ScanCacheWarning,
+                stacklevel=3,
+            )
             self.data_file.unlink(missing_ok=True)
             self.sidecar_file.unlink(missing_ok=True)
             return None
@@ -371,8 +394,13 @@ class ScanCacheEntry:
         for start, end in chunks:
             vectors[:, start:end] = _read_checked(self.chunk_file(start, end), [layers, end - start, hidden], None)
         checksum = _write_atomic(self.data_file, vectors)
-        sidecar = {**self.expected, **extra, "dtype": "float32", "sha256": checksum,
-                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        sidecar = {
+            **self.expected,
+            **extra,
+            "dtype": "float32",
+            "sha256": checksum,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
         temporary = self.sidecar_file.with_name(self.sidecar_file.name + f".tmp{os.getpid()}")
         temporary.write_text(json.dumps(sidecar, indent=2), encoding="utf-8")
         os.replace(temporary, self.sidecar_file)
@@ -380,7 +408,9 @@ class ScanCacheEntry:
         return vectors
 
 
-def scan(model: str, texts: Sequence[str], poolings: Sequence[PoolingMode] = ("mean",), **scanner_kwargs: Any) -> dict[str, LayerVectors]:
+def scan(
+    model: str, texts: Sequence[str], poolings: Sequence[PoolingMode] = ("mean",), **scanner_kwargs: Any
+) -> dict[str, LayerVectors]:
     """Pooled vectors of every layer of ``model`` for ``texts``: ``pooling -> LayerVectors``.
 
     One forward pass per batch serves every layer and every pooling; results are cached (see the module
@@ -444,7 +474,9 @@ def _write_atomic(path: Path, vectors: np.ndarray) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     checksum = _array_sha256(vectors)
     temporary = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file({TENSOR_NAME: np.ascontiguousarray(vectors, dtype=np.float32)}, str(temporary), metadata={"sha256": checksum})
+    save_file(
+        {TENSOR_NAME: np.ascontiguousarray(vectors, dtype=np.float32)}, str(temporary), metadata={"sha256": checksum}
+    )
     os.chmod(temporary, 0o644)  # safetensors creates 0600 files; a cache may be shared like the model cache
     os.replace(temporary, path)
     return checksum

@@ -19,7 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from lafusion_st.probe import Metric, ProbeConfig, ProbeScore, check_labels, check_metric, cross_validate, layer_scores, score_many
+from lafusion_st.probe import (
+    Metric,
+    ProbeConfig,
+    ProbeScore,
+    check_labels,
+    check_metric,
+    cross_validate,
+    layer_scores,
+    score_many,
+)
 
 
 @dataclass(frozen=True)
@@ -98,7 +107,11 @@ class Complementarity:
     folds: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"accuracy": dict(self.accuracy), "folds": self.folds, "pairs": [vars(pair).copy() for pair in self.pairs]}
+        return {
+            "accuracy": dict(self.accuracy),
+            "folds": self.folds,
+            "pairs": [vars(pair).copy() for pair in self.pairs],
+        }
 
 
 def top_k(
@@ -159,13 +172,21 @@ def best_window(
     windows = [list(range(start, start + w)) for w in widths for start in range(num_layers - w + 1)]
     known = {(layer,): scores[layer] for layer in range(num_layers)} if scores is not None else {}
     to_score = [window for window in windows if tuple(window) not in known]
-    computed = score_many((_concat_layers(vectors, window) for window in to_score), labels, config, total=len(to_score),
-                          description="probe windows", show_progress_bar=show_progress_bar)
-    known.update({tuple(window): score for window, score in zip(to_score, computed)})
+    computed = score_many(
+        (_concat_layers(vectors, window) for window in to_score),
+        labels,
+        config,
+        total=len(to_score),
+        description="probe windows",
+        show_progress_bar=show_progress_bar,
+    )
+    known.update({tuple(window): score for window, score in zip(to_score, computed, strict=True)})
     value = lambda window: known[tuple(window)].mean(metric)  # noqa: E731
     best = None
     for w in widths:
-        best_of_width = max((window for window in windows if len(window) == w), key=lambda window: (value(window), -window[0]))
+        best_of_width = max(
+            (window for window in windows if len(window) == w), key=lambda window: (value(window), -window[0])
+        )
         if best is None or value(best_of_width) - value(best) >= threshold:
             best = best_of_width
     steps = [Step(window, known[tuple(window)], window == best) for window in windows]
@@ -208,11 +229,20 @@ def greedy_layers(
     _check_scores(vectors, scores)
     pool = sorted({int(layer) for layer in (range(vectors.shape[0]) if candidates is None else candidates)})
     if not pool or not all(0 <= layer < vectors.shape[0] for layer in pool):
-        raise ValueError(f"candidates must be non-empty layer indices in 0..{vectors.shape[0] - 1}, got {candidates!r}.")
+        raise ValueError(
+            f"candidates must be non-empty layer indices in 0..{vectors.shape[0] - 1}, got {candidates!r}."
+        )
     singles = {layer: scores[layer] for layer in pool}
     chosen, score, steps = _greedy(
-        singles, lambda keys: _concat_layers(vectors, sorted(keys)), labels, threshold, max_layers, metric, config,
-        order=sorted, show_progress_bar=show_progress_bar,
+        singles,
+        lambda keys: _concat_layers(vectors, sorted(keys)),
+        labels,
+        threshold,
+        max_layers,
+        metric,
+        config,
+        order=sorted,
+        show_progress_bar=show_progress_bar,
     )
     params = {"threshold": threshold, "max_layers": max_layers, "candidates": pool if candidates is not None else None}
     return Selection("greedy_layers", sorted(chosen), score, check_metric(metric), steps, params)
@@ -249,18 +279,45 @@ def greedy_models(
     if len(set(rows.values())) != 1:
         raise ValueError(f"All models must describe the same texts; got row counts {rows}.")
     max_models = len(names) if max_models is None else max_models
-    singles = dict(zip(names, score_many((features[name] for name in names), labels, config, total=len(names),
-                                          description="probe models", show_progress_bar=show_progress_bar)))
+    singles = dict(
+        zip(
+            names,
+            score_many(
+                (features[name] for name in names),
+                labels,
+                config,
+                total=len(names),
+                description="probe models",
+                show_progress_bar=show_progress_bar,
+            ),
+            strict=True,
+        )
+    )
     in_given_order = lambda keys: sorted(keys, key=names.index)  # noqa: E731
     chosen, score, steps = _greedy(
-        singles, lambda keys: np.concatenate([features[name] for name in in_given_order(keys)], axis=1), labels,
-        threshold, max_models, metric, config, order=in_given_order, show_progress_bar=show_progress_bar,
+        singles,
+        lambda keys: np.concatenate([features[name] for name in in_given_order(keys)], axis=1),
+        labels,
+        threshold,
+        max_models,
+        metric,
+        config,
+        order=in_given_order,
+        show_progress_bar=show_progress_bar,
     )
-    return Selection("greedy_models", in_given_order(chosen), score, check_metric(metric), steps,
-                     {"threshold": threshold, "max_models": max_models})
+    return Selection(
+        "greedy_models",
+        in_given_order(chosen),
+        score,
+        check_metric(metric),
+        steps,
+        {"threshold": threshold, "max_models": max_models},
+    )
 
 
-def complementarity(features: Mapping[str, np.ndarray], labels: Sequence, config: ProbeConfig = ProbeConfig()) -> Complementarity:
+def complementarity(
+    features: Mapping[str, np.ndarray], labels: Sequence, config: ProbeConfig = ProbeConfig()
+) -> Complementarity:
     """Error overlap of the models' probes, from out-of-fold predictions on the same folds.
 
     Args:
@@ -272,7 +329,10 @@ def complementarity(features: Mapping[str, np.ndarray], labels: Sequence, config
         raise ValueError(f"Complementarity compares models: give at least 2, got {list(features)}.")
     labels = np.asarray(labels)
     folds = check_labels(labels, config.folds)
-    correct = {name: cross_validate(block, labels, config, folds=folds).predictions == labels for name, block in features.items()}
+    correct = {
+        name: cross_validate(block, labels, config, folds=folds).predictions == labels
+        for name, block in features.items()
+    }
     pairs = [_pair(a, b, correct[a], correct[b]) for a, b in combinations(correct, 2)]
     return Complementarity({name: float(right.mean()) for name, right in correct.items()}, pairs, folds)
 
@@ -321,11 +381,20 @@ def _greedy(
     while len(chosen) < min(max_size, len(keys)):
         remaining = [key for key in keys if key not in chosen]
         trials = [order([*chosen, key]) for key in remaining]
-        trial_scores = score_many((fused_features(trial) for trial in trials), labels, config, total=len(trials),
-                                  description=f"greedy round {len(chosen) + 1}", show_progress_bar=show_progress_bar)
+        trial_scores = score_many(
+            (fused_features(trial) for trial in trials),
+            labels,
+            config,
+            total=len(trials),
+            description=f"greedy round {len(chosen) + 1}",
+            show_progress_bar=show_progress_bar,
+        )
         best = max(range(len(trials)), key=lambda index: (trial_scores[index].mean(metric), -index))
         accepted = trial_scores[best].mean(metric) - score.mean(metric) >= threshold
-        steps += [Step(trial, trial_score, accepted and index == best) for index, (trial, trial_score) in enumerate(zip(trials, trial_scores))]
+        steps += [
+            Step(trial, trial_score, accepted and index == best)
+            for index, (trial, trial_score) in enumerate(zip(trials, trial_scores, strict=True))
+        ]
         if not accepted:
             break
         chosen, score = order([*chosen, remaining[best]]), trial_scores[best]

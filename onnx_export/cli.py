@@ -28,9 +28,15 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--optimize", action="store_true", help="Apply ONNX Runtime transformer fusions to the graphs.")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: Optimum's for text encoders).")
-    parser.add_argument("--atol", type=float, default=DEFAULT_ATOL, help="fp32 absolute tolerance (default %(default)s).")
-    parser.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help="fp32 relative tolerance (default %(default)s).")
-    parser.add_argument("--no-validate", dest="validate", action="store_false", help="Skip the ONNX Runtime vs PyTorch check.")
+    parser.add_argument(
+        "--atol", type=float, default=DEFAULT_ATOL, help="fp32 absolute tolerance (default %(default)s)."
+    )
+    parser.add_argument(
+        "--rtol", type=float, default=DEFAULT_RTOL, help="fp32 relative tolerance (default %(default)s)."
+    )
+    parser.add_argument(
+        "--no-validate", dest="validate", action="store_false", help="Skip the ONNX Runtime vs PyTorch check."
+    )
     parser.add_argument(
         "--allow-unknown-architecture", action="store_true",
         help="Trace a backbone Optimum has no ONNX config for; accepted only if parity holds.",
@@ -56,5 +62,8 @@ def export_command(args: argparse.Namespace) -> int:
     print(f"Exported to {out_dir} (opset {manifest['opset']}, dimension {manifest['embedding_dimension']}).")
     for dtype, figures in manifest["variants"].items():
         if "max_abs_diff" in figures:
-            print(f"  {dtype}: max abs diff vs PyTorch {figures['max_abs_diff']:.3g}, min cosine {figures['min_cosine']:.6f}")
+            print(
+                f"  {dtype}: max abs diff vs PyTorch {figures['max_abs_diff']:.3g}, "
+                f"min cosine {figures['min_cosine']:.6f}"
+            )
     return 0

@@ -60,7 +60,9 @@ class ORTFusedEncoder:
         ProviderUnavailableError: ``provider="cuda"`` on a machine where CUDA cannot run.
     """
 
-    def __init__(self, path: str | Path, provider: str = "auto", dtype: str = "fp32", num_threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, provider: str = "auto", dtype: str = "fp32", num_threads: int | None = None
+    ) -> None:
         if provider not in PROVIDERS:
             raise ValueError(f"Unknown provider {provider!r}; choose one of {list(PROVIDERS)}.")
         if dtype not in DTYPES:
@@ -141,7 +143,10 @@ class ORTFusedEncoder:
 
     def run(self, member_inputs: Sequence[dict[str, np.ndarray]]) -> np.ndarray:
         """Fused ``[batch, dim]`` float32 vectors from already tokenized inputs, one dict per member."""
-        vectors = [member.session.run([OUTPUT_NAME], dict(inputs))[0] for member, inputs in zip(self.members, member_inputs)]
+        vectors = [
+            member.session.run([OUTPUT_NAME], dict(inputs))[0]
+            for member, inputs in zip(self.members, member_inputs, strict=True)
+        ]
         if self.fusion_session is None:
             return vectors[0].astype(np.float32, copy=False)
         feeds = {f"member_{index}": vector.astype(np.float32, copy=False) for index, vector in enumerate(vectors)}
@@ -207,4 +212,7 @@ class ORTFusedEncoder:
 
     def __repr__(self) -> str:
         names = [member.name for member in self.members]
-        return f"ORTFusedEncoder(path={str(self.path)!r}, members={names}, dtype={self.dtype!r}, providers={self.providers})"
+        return (
+            f"ORTFusedEncoder(path={str(self.path)!r}, members={names}, dtype={self.dtype!r}, "
+            f"providers={self.providers})"
+        )

@@ -36,7 +36,15 @@ from onnx_export.fusion_graph import build_fusion_graph
 from onnx_export.onnx_config import FusedEmbedderOnnxConfig
 from onnx_export.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
 from onnx_export.validation import VALIDATION_TEXTS, compare_with_pytorch, summarise, validate_export
-from onnx_export.variants import graph_files, graph_inputs, optimize_graph, save_graph, variant_file, write_fp16, write_int8
+from onnx_export.variants import (
+    graph_files,
+    graph_inputs,
+    optimize_graph,
+    save_graph,
+    variant_file,
+    write_fp16,
+    write_int8,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +101,9 @@ def export(
     """
     dtypes = _check_dtypes(dtypes)
     if allow_unknown_architecture and not validate:
-        raise ValueError("allow_unknown_architecture=True needs validate=True: parity is the only check of such a trace.")
+        raise ValueError(
+            "allow_unknown_architecture=True needs validate=True: parity is the only check of such a trace."
+        )
     model = _load(model_or_path)
     members, model_fusion = _split_members(model)
     for _, member in members:
@@ -155,7 +165,9 @@ def _prepare_out_dir(out_dir: str | Path) -> Path:
     return out_dir
 
 
-def _split_members(model: SentenceTransformer) -> tuple[list[tuple[str, SentenceTransformer]], tuple[str, list[float] | None] | None]:
+def _split_members(
+    model: SentenceTransformer,
+) -> tuple[list[tuple[str, SentenceTransformer]], tuple[str, list[float] | None] | None]:
     """``[(name, single-model embedder)]`` and, for several, the cross-model ``(fusion, weights)``."""
     first = model[0]
     if isinstance(first, MultiModelFuse):
@@ -165,7 +177,7 @@ def _split_members(model: SentenceTransformer) -> tuple[list[tuple[str, Sentence
                 "exported: the fusion graph is the last step."
             )
         weights = first.model_weights.detach().cpu().tolist() if first.model_weights is not None else None
-        return list(zip(first.member_names, first.members)), (first.fusion, weights)
+        return list(zip(first.member_names, first.members, strict=True)), (first.fusion, weights)
     if isinstance(first, TruncatedTransformer):
         return [(Path(first.auto_model.config._name_or_path or "model").name, model)], None
     raise ValueError(
@@ -181,7 +193,9 @@ def _check_architecture(backbone: TruncatedTransformer, allow_unknown: bool) -> 
         TasksManager.get_supported_tasks_for_model_type(model_type, exporter="onnx", library_name="transformers")
     except KeyError:
         if allow_unknown:
-            logger.warning("Optimum has no ONNX config for %r; tracing it anyway, parity validation decides.", model_type)
+            logger.warning(
+                "Optimum has no ONNX config for %r; tracing it anyway, parity validation decides.", model_type
+            )
             return
         raise UnsupportedArchitectureError(
             f"Optimum's ONNX exporter does not know the architecture {model_type!r} "
@@ -239,7 +253,10 @@ def _export_member(
         "layers": layer_select.layers if layer_select else None,
         "pooling": layer_select.pooling if layer_select else None,
         "fusion": layer_select.fusion if layer_select else None,
-        "modules": [{"class": f"{type(module).__module__}.{type(module).__name__}", "config": _module_config(module)} for module in member],
+        "modules": [
+            {"class": f"{type(module).__module__}.{type(module).__name__}", "config": _module_config(module)}
+            for module in member
+        ],
         "embedding_dimension": member.get_embedding_dimension(),
         "num_parameters": sum(parameter.numel() for parameter in member.parameters()),
         "inputs": inputs,
@@ -271,7 +288,11 @@ def _is_bidirectional(backbone: TruncatedTransformer) -> bool:
 
 def _module_config(module: Any) -> dict[str, Any]:
     config = module.get_config_dict() if hasattr(module, "get_config_dict") else {}
-    return {key: value for key, value in config.items() if isinstance(value, (str, int, float, bool, list, dict, type(None)))}
+    return {
+        key: value
+        for key, value in config.items()
+        if isinstance(value, (str, int, float, bool, list, dict, type(None)))
+    }
 
 
 def _versions() -> dict[str, str]:
@@ -295,5 +316,7 @@ def _validate(model: SentenceTransformer, out_dir: Path, manifest: dict[str, Any
         raise
     manifest["variants"]["fp32"].update(summarise(results), atol=atol, rtol=rtol)
     for dtype in manifest["dtypes"][1:]:
-        manifest["variants"][dtype].update(summarise(compare_with_pytorch(model, ORTFusedEncoder(out_dir, provider="cpu", dtype=dtype))))
+        manifest["variants"][dtype].update(
+            summarise(compare_with_pytorch(model, ORTFusedEncoder(out_dir, provider="cpu", dtype=dtype)))
+        )
     manifest_io.write_manifest(out_dir, manifest)

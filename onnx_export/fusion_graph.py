@@ -18,7 +18,9 @@ from lafusion_st.fusion import fused_dimension
 OUTPUT_NAME = "sentence_embedding"
 
 
-def build_fusion_graph(dimensions: Sequence[int], mode: str, weights: Sequence[float] | None, opset: int) -> onnx.ModelProto:
+def build_fusion_graph(
+    dimensions: Sequence[int], mode: str, weights: Sequence[float] | None, opset: int
+) -> onnx.ModelProto:
     """A graph fusing ``len(dimensions)`` float32 vectors with ``mode``.
 
     Args:
@@ -33,7 +35,7 @@ def build_fusion_graph(dimensions: Sequence[int], mode: str, weights: Sequence[f
     names = [f"member_{index}" for index in range(len(dimensions))]
     inputs = [
         helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch_size", dimension])
-        for name, dimension in zip(names, dimensions)
+        for name, dimension in zip(names, dimensions, strict=True)
     ]
     output = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch_size", output_dimension])
     initializers = []
@@ -44,8 +46,14 @@ def build_fusion_graph(dimensions: Sequence[int], mode: str, weights: Sequence[f
     elif mode == "sum":
         nodes = [helper.make_node("Sum", names, [OUTPUT_NAME])]
     else:
-        initializers = [helper.make_tensor(f"weight_{index}", TensorProto.FLOAT, [], [float(weight)]) for index, weight in enumerate(weights)]
-        nodes = [helper.make_node("Mul", [name, f"weight_{index}"], [f"weighted_{index}"]) for index, name in enumerate(names)]
+        initializers = [
+            helper.make_tensor(f"weight_{index}", TensorProto.FLOAT, [], [float(weight)])
+            for index, weight in enumerate(weights)
+        ]
+        nodes = [
+            helper.make_node("Mul", [name, f"weight_{index}"], [f"weighted_{index}"])
+            for index, name in enumerate(names)
+        ]
         nodes.append(helper.make_node("Sum", [f"weighted_{index}" for index in range(len(names))], [OUTPUT_NAME]))
     graph = helper.make_graph(nodes, f"lafusion_{mode}_fusion", inputs, [output], initializer=initializers)
     opset_imports = [helper.make_opsetid("", opset)]

@@ -59,13 +59,17 @@ def sha256_of(path: str | Path) -> str:
 
 def file_records(folder: str | Path, names: list[str]) -> dict[str, dict[str, Any]]:
     """Size and checksum of each named file in ``folder``, as stored in the manifest."""
-    return {name: {"bytes": Path(folder, name).stat().st_size, "sha256": sha256_of(Path(folder, name))} for name in names}
+    return {
+        name: {"bytes": Path(folder, name).stat().st_size, "sha256": sha256_of(Path(folder, name))} for name in names
+    }
 
 
 def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> Path:
     """Write ``manifest`` (format fields added) as ``lafusion_onnx.json`` in ``folder``."""
     path = Path(folder, MANIFEST_FILE)
-    path.write_text(json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **manifest}, indent=2) + "\n", encoding="utf-8")
+    path.write_text(
+        json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **manifest}, indent=2) + "\n", encoding="utf-8"
+    )
     return path
 
 
@@ -90,7 +94,8 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         raise ExportedModelError(f"{path} is not a {FORMAT} manifest.")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ExportedModelError(
-            f"{path} has format_version {manifest.get('format_version')!r}; this onnx_export reads version {FORMAT_VERSION}."
+            f"{path} has format_version {manifest.get('format_version')!r}; "
+            f"this onnx_export reads version {FORMAT_VERSION}."
         )
     return manifest
 
@@ -104,10 +109,14 @@ def verify_files(folder: str | Path, records: dict[str, dict[str, Any]]) -> None
     for name, record in records.items():
         path = Path(folder, name)
         if not path.is_file():
-            raise ExportedModelError(f"{path} is missing; the exported folder is incomplete (copy it whole or re-export).")
+            raise ExportedModelError(
+                f"{path} is missing; the exported folder is incomplete (copy it whole or re-export)."
+            )
         size = path.stat().st_size
         if size != record["bytes"]:
-            raise ExportedModelError(f"{path} is {size} bytes, expected {record['bytes']}: truncated or replaced; re-export.")
+            raise ExportedModelError(
+                f"{path} is {size} bytes, expected {record['bytes']}: truncated or replaced; re-export."
+            )
         if sha256_of(path) != record["sha256"]:
             raise ExportedModelError(f"{path} does not match its recorded SHA-256: the file is corrupted; re-export.")
 

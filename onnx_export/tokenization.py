@@ -31,7 +31,9 @@ class MemberTokenizer:
 
     def __init__(self, path: str | Path, spec: dict[str, Any], inputs: list[str]) -> None:
         self.tokenizer = Tokenizer.from_file(str(path))
-        self.tokenizer.enable_truncation(spec["max_seq_length"], strategy="longest_first", direction=spec["truncation_side"])
+        self.tokenizer.enable_truncation(
+            spec["max_seq_length"], strategy="longest_first", direction=spec["truncation_side"]
+        )
         self.tokenizer.enable_padding(
             direction=spec["padding_side"],
             pad_id=spec["pad_token_id"],

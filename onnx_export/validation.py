@@ -15,8 +15,8 @@ PyTorch itself moves such coordinates by 2.4e-4 when the same text is batched di
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 import functools
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -111,7 +111,9 @@ def summarise(results: Sequence[GridResult]) -> dict[str, Any]:
         "max_abs_diff": max(result.max_abs_diff for result in results),
         "min_cosine": min(result.min_cosine for result in results),
         "max_abs_reference": max(result.max_abs_reference for result in results),
-        "grids": [{key: value for key, value in asdict(result).items() if key != "within_tolerance"} for result in results],
+        "grids": [
+            {key: value for key, value in asdict(result).items() if key != "within_tolerance"} for result in results
+        ],
     }
 
 
@@ -142,11 +144,13 @@ def _padding_side(model: SentenceTransformer, side: str) -> Iterator[None]:
     try:
         yield
     finally:
-        for tokenizer, original in zip(tokenizers, saved):
+        for tokenizer, original in zip(tokenizers, saved, strict=True):
             tokenizer.padding_side = original
 
 
-def _member_inputs(model: SentenceTransformer, encoder: ORTFusedEncoder, features: dict[str, Any]) -> list[dict[str, np.ndarray]]:
+def _member_inputs(
+    model: SentenceTransformer, encoder: ORTFusedEncoder, features: dict[str, Any]
+) -> list[dict[str, np.ndarray]]:
     """The PyTorch features, split per member (``MultiModelFuse`` prefixes them ``<index>.``) as int64 arrays."""
     multi = isinstance(model[0], MultiModelFuse)
     return [

@@ -16,8 +16,8 @@ import onnxruntime as ort
 from onnx import helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
-from onnxruntime.transformers.onnx_model import OnnxModel
 from onnxruntime.transformers.fusion_options import FusionOptions
+from onnxruntime.transformers.onnx_model import OnnxModel
 from onnxruntime.transformers.optimizer import optimize_model
 
 # Protobuf cannot serialise a single message above 2 GB; bigger graphs keep their weights in a data file.
@@ -43,7 +43,10 @@ def variant_file(dtype: str) -> str:
 def graph_files(path: str | Path) -> list[str]:
     """The graph file and every external-data file it references, relative to its folder."""
     graph = onnx.load(str(path), load_external_data=False).graph
-    tensors = [*graph.initializer, *(attribute.t for node in graph.node for attribute in node.attribute if attribute.HasField("t"))]
+    tensors = [
+        *graph.initializer,
+        *(attribute.t for node in graph.node for attribute in node.attribute if attribute.HasField("t")),
+    ]
     locations = {
         entry.value
         for tensor in tensors
@@ -97,7 +100,10 @@ def write_fp16(source: str | Path, target: str | Path, calibration: dict[str, np
     # Cast pairs the latter puts between two fp32-kept nodes, which would round large values through fp16.
     converted = OnnxModel(model)
     converted.convert_float_to_float16(
-        keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_OPS], node_block_list=large, max_finite_val=FP16_MAX
+        keep_io_types=True,
+        op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_OPS],
+        node_block_list=large,
+        max_finite_val=FP16_MAX,
     )
     _drop_duplicate_casts(converted.model.graph)
     save_graph(converted.model, target)
@@ -134,11 +140,21 @@ def nodes_beyond(model: onnx.ModelProto, folder: Path, feeds: dict[str, np.ndarr
     probe.CopyFrom(model)
     graph_outputs = {output.name for output in probe.graph.output}
     for node in probe.graph.node:
-        probe.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in node.output if name and name not in graph_outputs)
+        probe.graph.output.extend(
+            helper.make_empty_tensor_value_info(name) for name in node.output if name and name not in graph_outputs
+        )
     names = [output.name for output in probe.graph.output]
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
         save_graph(probe, Path(scratch, "probe.onnx"))
-        values = dict(zip(names, ort.InferenceSession(str(Path(scratch, "probe.onnx")), providers=["CPUExecutionProvider"]).run(names, feeds)))
+        values = dict(
+            zip(
+                names,
+                ort.InferenceSession(str(Path(scratch, "probe.onnx")), providers=["CPUExecutionProvider"]).run(
+                    names, feeds
+                ),
+                strict=True,
+            )
+        )
     magnitudes = {name: _activation_magnitude(value) for name, value in values.items() if isinstance(value, np.ndarray)}
     return [
         node.name
@@ -151,4 +167,3 @@ def write_int8(source: str | Path, target: str | Path) -> None:
     """Dynamic int8 quantisation of MatMul/Gemm weights (activations quantised per batch at run time)."""
     large = sum(Path(source).parent.joinpath(name).stat().st_size for name in graph_files(source)) > PROTOBUF_LIMIT
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, use_external_data_format=large)
-

@@ -12,8 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoModel, PreTrainedTokenizerFast
-from transformers import BertConfig, Gemma3TextConfig, GPT2Config, LlamaConfig, Qwen2Config
+from transformers import (
+    AutoModel,
+    BertConfig,
+    Gemma3TextConfig,
+    GPT2Config,
+    LlamaConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
 
 WORDS = (
     "the a an movie film was is good bad great terrible boring fun plot actors story and but not very "
@@ -32,8 +39,10 @@ def _byte_level_tokenizer() -> PreTrainedTokenizerFast:
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["[UNK]", "[PAD]", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=400,
+        special_tokens=["[UNK]", "[PAD]", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     backend.train_from_iterator([" ".join(WORDS)], trainer)
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", bos_token="<s>", eos_token="</s>")
@@ -63,14 +72,29 @@ def _tokenizer(kind: str) -> PreTrainedTokenizerFast:
 def _configs(vocab_size: int) -> dict[str, tuple]:
     common = dict(vocab_size=vocab_size, hidden_size=HIDDEN, num_hidden_layers=NUM_LAYERS, intermediate_size=64)
     return {
-        "llama": (LlamaConfig(**common, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128), "decoder"),
-        "qwen2": (Qwen2Config(**common, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128), "decoder-byte-level"),
-        "gemma3": (
-            Gemma3TextConfig(**common, num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=4,
-                             max_position_embeddings=128),
+        "llama": (
+            LlamaConfig(**common, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128),
             "decoder",
         ),
-        "gpt2": (GPT2Config(vocab_size=vocab_size, n_embd=HIDDEN, n_layer=NUM_LAYERS, n_head=4, n_positions=128), "decoder-no-pad"),
+        "qwen2": (
+            Qwen2Config(**common, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128),
+            "decoder-byte-level",
+        ),
+        "gemma3": (
+            Gemma3TextConfig(
+                **common,
+                num_attention_heads=2,
+                num_key_value_heads=1,
+                head_dim=16,
+                sliding_window=4,
+                max_position_embeddings=128,
+            ),
+            "decoder",
+        ),
+        "gpt2": (
+            GPT2Config(vocab_size=vocab_size, n_embd=HIDDEN, n_layer=NUM_LAYERS, n_head=4, n_positions=128),
+            "decoder-no-pad",
+        ),
         "bert": (BertConfig(**common, num_attention_heads=4, max_position_embeddings=128), "encoder"),
     }
 

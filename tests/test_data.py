@@ -88,8 +88,12 @@ def test_bundled_unknown_name_or_split(name, split):
 
 
 def test_load_jsonl_gz_csv_tsv_agree(tmp_path):
-    rows = [{"text": "good, \"really\" good", "label": 1}, {"text": "", "label": 0},
-            {"text": "   ", "label": 0}, {"text": "two\nlines", "label": 1}]
+    rows = [
+        {"text": 'good, "really" good', "label": 1},
+        {"text": "", "label": 0},
+        {"text": "   ", "label": 0},
+        {"text": "two\nlines", "label": 1},
+    ]
     write_jsonl(tmp_path / "a.jsonl", rows)
     (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress((tmp_path / "a.jsonl").read_bytes()))
     csv_text = 'text,label\n"good, ""really"" good",1\n,0\n   ,0\n"two\nlines",1\n'
@@ -136,8 +140,11 @@ def test_missing_field_lists_fields(tmp_path):
 def test_csv_missing_label_column_lists_columns(tmp_path):
     path = tmp_path / "nolabel.csv"
     path.write_text("text,category\nhello,a\n")
-    with pytest.raises(DataFormatError, match=r"nolabel\.csv: line 1 \(header\): no 'label' column; "
-                       r"columns present: \['text', 'category'\]"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"nolabel\.csv: line 1 \(header\): no 'label' column; "
+        r"columns present: \['text', 'category'\]",
+    ):
         load_file(path)
 
 
@@ -176,8 +183,11 @@ def test_empty_files(tmp_path, content):
 def test_non_utf8_names_line_and_offset(tmp_path):
     path = tmp_path / "cp1252.csv"
     path.write_bytes("text,label\nfine,1\ncaf\u00e9 au lait,0\n".encode("cp1252"))
-    with pytest.raises(DataFormatError, match=r"cp1252\.csv: line 3: byte b'\\xe9' at byte offset 21 "
-                       r"is not valid UTF-8; re-encode the file as UTF-8"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"cp1252\.csv: line 3: byte b'\\xe9' at byte offset 21 "
+        r"is not valid UTF-8; re-encode the file as UTF-8",
+    ):
         load_file(path)
 
 
@@ -210,8 +220,7 @@ def test_check_classification_data():
 def test_load_task_files_and_argument_errors(tmp_path):
     write_jsonl(tmp_path / "tr.jsonl", [{"t": "a", "y": "p"}, {"t": "b", "y": "q"}])
     write_jsonl(tmp_path / "te.jsonl", [{"t": "c", "y": "q"}])
-    train, test = load_task(train=tmp_path / "tr.jsonl", test=str(tmp_path / "te.jsonl"),
-                            text_col="t", label_col="y")
+    train, test = load_task(train=tmp_path / "tr.jsonl", test=str(tmp_path / "te.jsonl"), text_col="t", label_col="y")
     assert (train.texts, test.labels) == (["a", "b"], ["q"])
     with pytest.raises(ValueError, match="not both"):
         load_task("sst2", train=tmp_path / "tr.jsonl")
@@ -233,7 +242,7 @@ def test_subsample_keeps_proportions_and_rare_classes():
     sample = imbalanced().subsample(100, seed=3)
     assert len(sample) == 100
     assert Counter(sample.labels) == {"a": 89, "b": 9, "c": 1, "d": 1}
-    assert all(text.startswith(label) for text, label in zip(sample.texts, sample.labels))
+    assert all(text.startswith(label) for text, label in zip(sample.texts, sample.labels, strict=True))
     indices = [int(text[1:]) for text in sample.texts]
     assert indices == sorted(indices)  # original order
 

@@ -15,8 +15,7 @@ from sentence_transformers import SentenceTransformer
 from transformers import AutoModel, AutoTokenizer
 
 from lafusion_st import FusedSentenceTransformer, build_fused_model
-from lafusion_st.modules import TruncatedTransformer
-from lafusion_st.modules import truncated_transformer
+from lafusion_st.modules import TruncatedTransformer, truncated_transformer
 from lafusion_st.pooling import POOLING_MODES, pool
 
 # sentence-transformers 6 imports module classes from outside its own package only with trust_remote_code=True,
@@ -43,13 +42,17 @@ def test_truncated_embedder_equals_pooling_the_full_model(tiny_models, family, p
     layers = [1, 2]
     model = build_fused_model(tiny_models[family], layers=layers, pooling=pooling)
     assert len(truncated_transformer.find_layer_list(model[0].auto_model)) == 2
-    np.testing.assert_allclose(model.encode(SENTENCES), reference_embeddings(tiny_models[family], layers, pooling), atol=2e-5)
+    np.testing.assert_allclose(
+        model.encode(SENTENCES), reference_embeddings(tiny_models[family], layers, pooling), atol=2e-5
+    )
 
 
 def test_last_layer_keeps_the_final_norm(tiny_models, family) -> None:
     model = build_fused_model(tiny_models[family], layers=[-1], pooling="mean")
     assert model[0].num_layers == NUM_LAYERS
-    np.testing.assert_allclose(model.encode(SENTENCES), reference_embeddings(tiny_models[family], [NUM_LAYERS], "mean"), atol=2e-5)
+    np.testing.assert_allclose(
+        model.encode(SENTENCES), reference_embeddings(tiny_models[family], [NUM_LAYERS], "mean"), atol=2e-5
+    )
 
 
 @pytest.mark.parametrize("family", DECODER_FAMILIES)
@@ -99,11 +102,15 @@ def test_multi_model_fusion_save_load_and_values(tiny_models, tmp_path) -> None:
     fused = model.encode(SENTENCES)
     singles = [
         build_fused_model(folder, layers=layers, pooling=pooling).encode(SENTENCES)
-        for folder, layers, pooling in zip(folders, [[1, -1], [2], [3]], ["last", "mean", "max"])
+        for folder, layers, pooling in zip(folders, [[1, -1], [2], [3]], ["last", "mean", "max"], strict=True)
     ]
     np.testing.assert_allclose(fused, np.concatenate(singles, axis=1), atol=1e-6)
     model.save(str(tmp_path))
-    assert json.loads((tmp_path / "multi_model_fuse_config.json").read_text())["member_names"] == ["0_llama", "1_bert", "2_gpt2"]
+    assert json.loads((tmp_path / "multi_model_fuse_config.json").read_text())["member_names"] == [
+        "0_llama",
+        "1_bert",
+        "2_gpt2",
+    ]
     for reloaded in (SentenceTransformer(str(tmp_path), **PLAIN_LOAD_KWARGS), FusedSentenceTransformer(str(tmp_path))):
         assert np.abs(reloaded.encode(SENTENCES) - fused).max() == 0.0
 

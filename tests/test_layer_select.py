@@ -20,7 +20,13 @@ def test_layers_resolved_sorted_and_dimension_known_up_front() -> None:
 
 @pytest.mark.parametrize(
     ("layers", "message"),
-    [([31], "out of range"), ([-32], "out of range"), ([30, -1], "more than once"), ([], "at least one"), ([1.5], "integers")],
+    [
+        ([31], "out of range"),
+        ([-32], "out of range"),
+        ([30, -1], "more than once"),
+        ([], "at least one"),
+        ([1.5], "integers"),
+    ],
 )
 def test_invalid_layers_fail_at_construction(layers: list, message: str) -> None:
     with pytest.raises(ValueError, match=message):

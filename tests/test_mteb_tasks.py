@@ -149,7 +149,9 @@ def test_protocols_train_on_the_expected_rows_and_each_text_is_encoded_once(tmp_
 def test_fused_model_writes_mteb_results_with_its_model_meta(tiny_models: dict[str, str], tmp_path: Path) -> None:
     model = build_fused_model(tiny_models["llama"], layers=[2, 4])
     name = configuration_name(["tiny-llama"], [[2, 4]], "mean", "concat")
-    tasks = get_tasks(["sst2"], max_train=40, max_test=20) + get_tasks(["sst2"], protocol="paper", max_train=40, max_test=20)
+    tasks = get_tasks(["sst2"], max_train=40, max_test=20) + get_tasks(
+        ["sst2"], protocol="paper", max_train=40, max_test=20
+    )
     result = evaluate_encoder(model, tasks, tmp_path, name=name, batch_size=8)
     meta = json.loads(next(tmp_path.rglob("model_meta.json")).read_text())
     assert meta["name"] == "lafusion/tiny-llama__L2-4__mean__concat"
@@ -158,7 +160,13 @@ def test_fused_model_writes_mteb_results_with_its_model_meta(tiny_models: dict[s
     assert meta["framework"] == ["Sentence Transformers", "PyTorch"]
     assert len(meta["revision"]) == 16
     for task in tasks:
-        path = tmp_path / "results" / "lafusion__tiny-llama__L2-4__mean__concat" / meta["revision"] / f"{task.metadata.name}.json"
+        path = (
+            tmp_path
+            / "results"
+            / "lafusion__tiny-llama__L2-4__mean__concat"
+            / meta["revision"]
+            / f"{task.metadata.name}.json"
+        )
         score = TaskResult.from_disk(path).get_score()
         assert 0.0 <= score <= 1.0
     assert sorted(r.task_name for r in result.task_results) == sorted(t.metadata.name for t in tasks)
@@ -176,7 +184,9 @@ def test_results_folder_under_a_regular_file_fails_before_encoding(tmp_path: Pat
     blocker.write_text("x")
     encoder = HashingEncoder()
     with pytest.raises(ResultsFolderError, match="not_a_folder"):
-        evaluate_encoder(encoder, get_tasks(["mr"], max_train=20, max_test=10), blocker / "results", meta=hashing_meta(encoder))
+        evaluate_encoder(
+            encoder, get_tasks(["mr"], max_train=20, max_test=10), blocker / "results", meta=hashing_meta(encoder)
+        )
     assert encoder.seen == []
 
 
@@ -194,7 +204,9 @@ def test_read_only_results_folder_fails_before_encoding(tmp_path: Path) -> None:
     assert encoder.seen == []
 
 
-@pytest.mark.parametrize(("corrupt", "message"), [("nan", "NaN or infinite"), ("wide", r"shape \(\d+, 32\)"), ("short", "shape")])
+@pytest.mark.parametrize(
+    ("corrupt", "message"), [("nan", "NaN or infinite"), ("wide", r"shape \(\d+, 32\)"), ("short", "shape")]
+)
 def test_bad_embeddings_are_clear_errors_and_write_nothing(tmp_path: Path, corrupt: str, message: str) -> None:
     encoder = HashingEncoder(corrupt)
     with pytest.raises(ValueError, match=message):
@@ -230,7 +242,10 @@ def test_model_meta_of_a_non_torch_encoder_needs_what_cannot_be_read() -> None:
 
 
 def test_configuration_names() -> None:
-    assert configuration_name(["smollm2-135m"], [[12, 16, 20]], "mean", "concat") == "lafusion/smollm2-135m__L12-16-20__mean__concat"
+    assert (
+        configuration_name(["smollm2-135m"], [[12, 16, 20]], "mean", "concat")
+        == "lafusion/smollm2-135m__L12-16-20__mean__concat"
+    )
     assert (
         configuration_name(["smollm2-135m", "/models/gemma3-270m"], [[15], [9]], "last", "concat", "mean")
         == "lafusion/smollm2-135m__L15+gemma3-270m__L9__last__concat__mean"

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import DECODER_FAMILIES, FAMILIES, SENTENCES
+from conftest import DECODER_FAMILIES, SENTENCES
 from sentence_transformers import SentenceTransformer
 from transformers import MambaConfig, MambaModel
 
@@ -94,7 +94,9 @@ def test_graph_holds_only_the_kept_layers_and_derives_positions_from_the_mask(fa
     assert inputs[:2] == ["input_ids", "attention_mask"] and "position_ids" not in inputs
     assert [value.name for value in graph.output] == ["sentence_embedding"]
     cumsum_sources = {node.input[0] for node in graph.node if node.op_type == "CumSum"}
-    casts_of_mask = {node.output[0] for node in graph.node if node.op_type == "Cast" and node.input[0] == "attention_mask"}
+    casts_of_mask = {
+        node.output[0] for node in graph.node if node.op_type == "Cast" and node.input[0] == "attention_mask"
+    }
     assert cumsum_sources & casts_of_mask, "position ids are not computed from the attention mask in the graph"
 
 
@@ -169,7 +171,9 @@ def test_fp16_and_int8_variants_within_documented_tolerance(tiny_models, tmp_pat
         results = compare_with_pytorch(model, ORTFusedEncoder(folder, provider="cpu", dtype=dtype))
         for result in results:
             assert result.min_cosine >= min_cosine, (dtype, result)
-        assert variants[dtype]["max_abs_diff"] == pytest.approx(max(result.max_abs_diff for result in results), rel=1e-6)
+        assert variants[dtype]["max_abs_diff"] == pytest.approx(
+            max(result.max_abs_diff for result in results), rel=1e-6
+        )
     assert variants["fp16"]["max_abs_diff"] <= FP16_MAX_RELATIVE * variants["fp16"]["max_abs_reference"]
 
 
@@ -287,7 +291,9 @@ def test_external_data_and_damaged_files(tiny_models, tmp_path, monkeypatch):
     folder = export(model, tmp_path / "external")
     graph_files = json.loads((folder / MANIFEST_FILE).read_text())["members"][0]["graphs"]["fp32"]["files"]
     assert set(graph_files) == {"model.onnx", "model.onnx_data"}
-    np.testing.assert_allclose(ORTFusedEncoder(folder, provider="cpu").encode(SENTENCES), model.encode(SENTENCES), atol=FP32_ATOL)
+    np.testing.assert_allclose(
+        ORTFusedEncoder(folder, provider="cpu").encode(SENTENCES), model.encode(SENTENCES), atol=FP32_ATOL
+    )
 
     missing = Path(shutil.copytree(folder, tmp_path / "missing"))
     (missing / "model.onnx_data").unlink()
@@ -359,4 +365,6 @@ def test_smollm2_parity(tmp_path):
     for result in compare_with_pytorch(model, encoder):
         assert result.within_tolerance and result.min_cosine > 0.999999, result
     for result in compare_with_pytorch(model, ORTFusedEncoder(folder, provider="cpu", dtype="fp16")):
-        assert result.min_cosine >= FP16_MIN_COSINE and result.max_abs_diff <= FP16_MAX_RELATIVE * result.max_abs_reference
+        assert (
+            result.min_cosine >= FP16_MIN_COSINE and result.max_abs_diff <= FP16_MAX_RELATIVE * result.max_abs_reference
+        )

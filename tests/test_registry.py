@@ -37,18 +37,21 @@ from lafusion_st.registry import (
 SMOL = OFFLINE_MODELS["smollm2-135m"]
 
 
-def _fake_folder(folder: Path, model: OfflineModel, version: str | None = None,
-                 marker: bool = True) -> Path:
+def _fake_folder(folder: Path, model: OfflineModel, version: str | None = None, marker: bool = True) -> Path:
     """A folder that looks like a materialisation (tiny placeholder files)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text("{}")
     (folder / "model.safetensors").write_bytes(b"x")
     if marker:
-        (folder / MARKER_FILE).write_text(json.dumps({
-            "format": registry.MARKER_FORMAT,
-            "short_name": model.name,
-            "source_version": version or importlib.metadata.version(model.distribution),
-        }))
+        (folder / MARKER_FILE).write_text(
+            json.dumps(
+                {
+                    "format": registry.MARKER_FORMAT,
+                    "short_name": model.name,
+                    "source_version": version or importlib.metadata.version(model.distribution),
+                }
+            )
+        )
     return folder
 
 
@@ -140,8 +143,7 @@ def test_minilm_resolves_to_the_sentence_transformers_folder_in_its_package() ->
 
 
 @pytest.mark.parametrize("name", list(OFFLINE_MODELS))
-def test_missing_package_names_the_pip_command(name: str, monkeypatch: pytest.MonkeyPatch,
-                                               tmp_path: Path) -> None:
+def test_missing_package_names_the_pip_command(name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     _no_packages(monkeypatch)
     with pytest.raises(ModelPackageNotInstalledError) as err:
         resolve_model(name, cache_dir=tmp_path)
@@ -175,15 +177,15 @@ def test_folder_of_an_older_marker_format_is_rebuilt(tmp_path: Path) -> None:
     assert not is_materialised(folder, SMOL)
 
 
-def test_marker_stays_valid_when_the_package_is_uninstalled(monkeypatch: pytest.MonkeyPatch,
-                                                            tmp_path: Path) -> None:
+def test_marker_stays_valid_when_the_package_is_uninstalled(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     folder = _fake_folder(tmp_path / SMOL.name, SMOL)
     _no_packages(monkeypatch)
     assert resolve_model(SMOL.name, cache_dir=tmp_path) == str(folder.resolve())
 
 
 def test_valid_folder_is_reused_and_invalid_one_rebuilt_atomically(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     builds: list[Path] = []
 
     def fake_build(model: OfflineModel, out: Path) -> None:
@@ -202,8 +204,7 @@ def test_valid_folder_is_reused_and_invalid_one_rebuilt_atomically(
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".{SMOL.name}.lock", SMOL.name])
 
 
-def test_interrupted_build_leaves_nothing_that_looks_valid(monkeypatch: pytest.MonkeyPatch,
-                                                           tmp_path: Path) -> None:
+def test_interrupted_build_leaves_nothing_that_looks_valid(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     def failing_build(model: OfflineModel, out: Path) -> None:
         (out / "config.json").write_text("{}")
         raise KeyboardInterrupt
@@ -222,9 +223,42 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, BYTE = 1, 2, 3, 4, 6
 
 # A SentencePiece vocabulary as llama.cpp stores Gemma's: merge priorities as scores, no merges.
 # Single characters and whole words both exist, so greedy merging and a Unigram model disagree.
-SPM_PIECES = ["▁t", "he", "th", "▁m", "ov", "ie", "in", "an", "nd", "▁a", "the", "▁the", "mov", "▁mo",
-              "▁mov", "vie", "▁movie", "and", "▁and", "es", "oo", "ovi", "▁", "t", "h", "e", "m", "o", "v",
-              "i", "a", "n", "d", "s"]
+SPM_PIECES = [
+    "▁t",
+    "he",
+    "th",
+    "▁m",
+    "ov",
+    "ie",
+    "in",
+    "an",
+    "nd",
+    "▁a",
+    "the",
+    "▁the",
+    "mov",
+    "▁mo",
+    "▁mov",
+    "vie",
+    "▁movie",
+    "and",
+    "▁and",
+    "es",
+    "oo",
+    "ovi",
+    "▁",
+    "t",
+    "h",
+    "e",
+    "m",
+    "o",
+    "v",
+    "i",
+    "a",
+    "n",
+    "d",
+    "s",
+]
 SPM_CONTROL = ["<pad>", "<eos>", "<bos>", "<start_of_turn>"]
 
 
@@ -232,9 +266,19 @@ def _spm_metadata(**overrides) -> GGUFTokenizerMetadata:
     tokens = [*SPM_CONTROL, "<unk>", "\n\n", *(f"<0x{b:02X}>" for b in range(256)), *SPM_PIECES]
     types = [CONTROL] * 4 + [UNKNOWN, USER_DEFINED] + [BYTE] * 256 + [NORMAL] * len(SPM_PIECES)
     scores = [0.0] * (len(tokens) - len(SPM_PIECES)) + [-float(i) for i in range(len(SPM_PIECES))]
-    fields = dict(model="llama", tokens=tuple(tokens), token_types=tuple(types), scores=tuple(scores),
-                  bos_token_id=2, eos_token_id=1, pad_token_id=0, unk_token_id=4, add_bos_token=True,
-                  add_eos_token=False, add_space_prefix=False)
+    fields = dict(
+        model="llama",
+        tokens=tuple(tokens),
+        token_types=tuple(types),
+        scores=tuple(scores),
+        bos_token_id=2,
+        eos_token_id=1,
+        pad_token_id=0,
+        unk_token_id=4,
+        add_bos_token=True,
+        add_eos_token=False,
+        add_space_prefix=False,
+    )
     return GGUFTokenizerMetadata(**{**fields, **overrides})
 
 
@@ -247,12 +291,15 @@ def _llama_cpp_spm(meta: GGUFTokenizerMetadata, text: str) -> list[int]:
     ids = {piece: i for i, piece in enumerate(meta.tokens)}
     symbols = list(("▁" if meta.add_space_prefix else "") + text.replace(" ", "▁"))
     while True:
-        pairs = [(-meta.scores[ids[a + b]], i) for i, (a, b) in enumerate(zip(symbols, symbols[1:]))
-                 if a + b in ids]
+        pairs = [
+            (-meta.scores[ids[a + b]], i)
+            for i, (a, b) in enumerate(zip(symbols, symbols[1:], strict=False))
+            if a + b in ids
+        ]
         if not pairs:
             break
         _, i = min(pairs)
-        symbols[i:i + 2] = [symbols[i] + symbols[i + 1]]
+        symbols[i : i + 2] = [symbols[i] + symbols[i + 1]]
     out = [meta.bos_token_id] if meta.add_bos_token else []
     for s in symbols:
         out += [ids[s]] if s in ids else [ids[f"<0x{b:02X}>"] for b in s.encode()]
@@ -264,11 +311,25 @@ def _byte_level_metadata(pre: str = "smollm", **overrides) -> GGUFTokenizerMetad
     from tokenizers.pre_tokenizers import ByteLevel
 
     merges = ("Ġ t", "h e", "Ġt he", "1 2", "Ġ 12")
-    tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *sorted(ByteLevel.alphabet()),
-              *(m.replace(" ", "") for m in merges)]
-    fields = dict(model="gpt2", pre=pre, tokens=tuple(tokens), merges=merges,
-                  token_types=(CONTROL,) * 3 + (NORMAL,) * (len(tokens) - 3),
-                  bos_token_id=1, eos_token_id=2, pad_token_id=2, unk_token_id=0, add_bos_token=False)
+    tokens = [
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<|im_end|>",
+        *sorted(ByteLevel.alphabet()),
+        *(m.replace(" ", "") for m in merges),
+    ]
+    fields = dict(
+        model="gpt2",
+        pre=pre,
+        tokens=tuple(tokens),
+        merges=merges,
+        token_types=(CONTROL,) * 3 + (NORMAL,) * (len(tokens) - 3),
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        unk_token_id=0,
+        add_bos_token=False,
+    )
     return GGUFTokenizerMetadata(**{**fields, **overrides})
 
 
@@ -320,9 +381,15 @@ def test_a_gguf_without_tokenizer_metadata_is_refused(tmp_path: Path) -> None:
 
 def test_special_tokens_follow_the_ids_and_flags_in_the_file() -> None:
     settings = special_token_settings(_byte_level_metadata())
-    assert settings == {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|im_end|>",
-                        "unk_token": "<|endoftext|>", "add_bos_token": False, "add_eos_token": False,
-                        "add_space_prefix": False}
+    assert settings == {
+        "bos_token": "<|im_start|>",
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|im_end|>",
+        "unk_token": "<|endoftext|>",
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "add_space_prefix": False,
+    }
     no_pad = special_token_settings(_spm_metadata(pad_token_id=None, add_eos_token=True))
     assert no_pad["pad_token"] is None and no_pad["eos_token"] == "<eos>" and no_pad["add_eos_token"]
 
@@ -330,28 +397,45 @@ def test_special_tokens_follow_the_ids_and_flags_in_the_file() -> None:
 @pytest.mark.parametrize(("model", "expected"), [("llama", (True, False, True)), ("gpt2", (False, False, False))])
 def test_absent_flags_take_llama_cpp_defaults(model: str, expected: tuple[bool, bool, bool]) -> None:
     meta = (_spm_metadata if model == "llama" else _byte_level_metadata)(
-        add_bos_token=None, add_eos_token=None, add_space_prefix=None)
+        add_bos_token=None, add_eos_token=None, add_space_prefix=None
+    )
     settings = special_token_settings(meta)
     assert (settings["add_bos_token"], settings["add_eos_token"], settings["add_space_prefix"]) == expected
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    ({"model": "bert"}, "Unsupported tokenizer.ggml.model 'bert'"),
-    ({"eos_token_id": 10**6}, "eos_token_id 1000000 is outside"),
-    ({"bos_token_id": None}, "add_bos_token is set but the file has no bos_token_id"),
-    ({"scores": None}, "needs tokenizer.ggml.scores"),
-    ({"tokens": ("a", "a", *SPM_PIECES), "token_types": None, "bos_token_id": 0, "eos_token_id": 0,
-      "pad_token_id": 0, "unk_token_id": 0, "scores": (0.0,) * (len(SPM_PIECES) + 2)}, "duplicated"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"model": "bert"}, "Unsupported tokenizer.ggml.model 'bert'"),
+        ({"eos_token_id": 10**6}, "eos_token_id 1000000 is outside"),
+        ({"bos_token_id": None}, "add_bos_token is set but the file has no bos_token_id"),
+        ({"scores": None}, "needs tokenizer.ggml.scores"),
+        (
+            {
+                "tokens": ("a", "a", *SPM_PIECES),
+                "token_types": None,
+                "bos_token_id": 0,
+                "eos_token_id": 0,
+                "pad_token_id": 0,
+                "unk_token_id": 0,
+                "scores": (0.0,) * (len(SPM_PIECES) + 2),
+            },
+            "duplicated",
+        ),
+    ],
+)
 def test_spm_metadata_that_cannot_be_rebuilt_is_refused(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         build_tokenizer(_spm_metadata(**overrides))
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    ({"pre": "llama3"}, "Unsupported tokenizer.ggml.pre 'llama3'.*gpt-2"),
-    ({"merges": None}, "needs tokenizer.ggml.merges"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"pre": "llama3"}, "Unsupported tokenizer.ggml.pre 'llama3'.*gpt-2"),
+        ({"merges": None}, "needs tokenizer.ggml.merges"),
+    ],
+)
 def test_byte_level_metadata_that_cannot_be_rebuilt_is_refused(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         build_tokenizer(_byte_level_metadata(**overrides))

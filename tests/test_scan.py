@@ -19,7 +19,9 @@ TEXTS = [*SENTENCES, "", "good", "the stock market rose and the company reported
 
 
 def _scanner(model: str, cache_dir, **kwargs) -> LayerScanner:
-    return LayerScanner(model, kwargs.pop("poolings", ("mean",)), cache_dir=cache_dir, show_progress_bar=False, **kwargs)
+    return LayerScanner(
+        model, kwargs.pop("poolings", ("mean",)), cache_dir=cache_dir, show_progress_bar=False, **kwargs
+    )
 
 
 class ForwardCounter(list):
@@ -45,13 +47,22 @@ def forward_calls(monkeypatch: pytest.MonkeyPatch) -> ForwardCounter:
 
 
 def test_scanned_layer_equals_fused_model_encode(tiny_models: dict[str, str], family: str, tmp_path) -> None:
-    scanned = scan(tiny_models[family], TEXTS, POOLING_MODES, cache_dir=tmp_path, batch_size=3, chunk_size=5,
-                   show_progress_bar=False)
+    scanned = scan(
+        tiny_models[family],
+        TEXTS,
+        POOLING_MODES,
+        cache_dir=tmp_path,
+        batch_size=3,
+        chunk_size=5,
+        show_progress_bar=False,
+    )
     for pooling in POOLING_MODES:
         vectors = scanned[pooling].vectors
         assert vectors.shape == (5, len(TEXTS), 32) and vectors.dtype == np.float32
         for layer in range(vectors.shape[0]):
-            encoded = build_fused_model(tiny_models[family], layers=[layer], pooling=pooling).encode(TEXTS, batch_size=4)
+            encoded = build_fused_model(tiny_models[family], layers=[layer], pooling=pooling).encode(
+                TEXTS, batch_size=4
+            )
             np.testing.assert_allclose(vectors[layer], encoded, atol=1e-5, err_msg=f"{pooling} layer {layer}")
     assert not np.allclose(scanned["mean"].vectors, scanned["max"].vectors)
 
@@ -83,19 +94,33 @@ def test_new_pooling_on_cached_texts_reuses_nothing_but_keeps_cached_one(tiny_mo
 
 
 def test_interrupted_scan_resumes_from_finished_chunks(tiny_models: dict[str, str], tmp_path, forward_calls) -> None:
-    reference = scan(tiny_models["gemma3"], TEXTS, cache_dir=tmp_path / "reference", batch_size=2, chunk_size=4,
-                     show_progress_bar=False)["mean"].vectors
+    reference = scan(
+        tiny_models["gemma3"],
+        TEXTS,
+        cache_dir=tmp_path / "reference",
+        batch_size=2,
+        chunk_size=4,
+        show_progress_bar=False,
+    )["mean"].vectors
     forward_calls.clear()
     forward_calls.fail_after = 4  # chunks of 4 texts = 2 batches: chunks 1 and 2 finish, chunk 3 does not
     with pytest.raises(KeyboardInterrupt):
-        scan(tiny_models["gemma3"], TEXTS, cache_dir=tmp_path / "cache", batch_size=2, chunk_size=4, show_progress_bar=False)
+        scan(
+            tiny_models["gemma3"],
+            TEXTS,
+            cache_dir=tmp_path / "cache",
+            batch_size=2,
+            chunk_size=4,
+            show_progress_bar=False,
+        )
     partial = next((tmp_path / "cache").glob("*.partial"))
     assert len(list(partial.glob("chunk_*.safetensors"))) == 2
 
     forward_calls.clear()
     forward_calls.fail_after = None
-    resumed = scan(tiny_models["gemma3"], TEXTS, cache_dir=tmp_path / "cache", batch_size=2, chunk_size=4,
-                   show_progress_bar=False)["mean"]
+    resumed = scan(
+        tiny_models["gemma3"], TEXTS, cache_dir=tmp_path / "cache", batch_size=2, chunk_size=4, show_progress_bar=False
+    )["mean"]
     assert forward_calls == [1]  # only the third chunk (text 9 of 9) was computed again
     np.testing.assert_array_equal(resumed.vectors, reference)
     assert not partial.exists()
@@ -164,12 +189,21 @@ def test_cache_key_follows_texts_order_pooling_length_and_weights(tiny_models: d
     raw = bytearray(weights.read_bytes())
     raw[-4:] = bytes(byte ^ 0xFF for byte in raw[-4:])  # one weight changes: same config and header, new model
     weights.write_bytes(bytes(raw))
-    assert _scanner(str(changed), tmp_path).cache_entry(TEXTS, "mean").data_file.name.split(".")[-2] != key.name.split(".")[-2]
+    assert (
+        _scanner(str(changed), tmp_path).cache_entry(TEXTS, "mean").data_file.name.split(".")[-2]
+        != key.name.split(".")[-2]
+    )
 
 
 def test_scan_task_keeps_train_and_test_apart(tiny_models: dict[str, str], tmp_path, forward_calls) -> None:
-    result = scan_task([tiny_models["llama"], tiny_models["bert"]], TEXTS[:6], TEXTS[6:], poolings=["mean", "last"],
-                       cache_dir=tmp_path, show_progress_bar=False)
+    result = scan_task(
+        [tiny_models["llama"], tiny_models["bert"]],
+        TEXTS[:6],
+        TEXTS[6:],
+        poolings=["mean", "last"],
+        cache_dir=tmp_path,
+        show_progress_bar=False,
+    )
     assert set(result.train) == set(result.test) == {tiny_models["llama"], tiny_models["bert"]}
     assert result.train[tiny_models["bert"]]["last"].vectors.shape[1] == 6
     assert result.test[tiny_models["bert"]]["last"].vectors.shape[1] == 3
@@ -194,4 +228,3 @@ def test_scan_rejects_bad_input(tiny_models: dict[str, str], tmp_path, texts, po
 def test_scan_rejects_bad_sizes(tiny_models: dict[str, str], tmp_path) -> None:
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         _scanner(tiny_models["llama"], tmp_path, batch_size=0)
-

@@ -127,7 +127,9 @@ def test_greedy_layers_stops_at_one_layer_when_the_threshold_is_out_of_reach(two
 
 def test_greedy_layers_respects_candidates_and_max_layers(two_halves) -> None:
     vectors, labels = two_halves
-    without_layer_1 = greedy_layers(vectors, labels, threshold=0.02, candidates=[0, 3, 5], config=FAST, show_progress_bar=False)
+    without_layer_1 = greedy_layers(
+        vectors, labels, threshold=0.02, candidates=[0, 3, 5], config=FAST, show_progress_bar=False
+    )
     assert without_layer_1.chosen == [3]
     assert all(set(step.candidate) <= {0, 3, 5} for step in without_layer_1.steps)
     capped = greedy_layers(vectors, labels, threshold=0.0, max_layers=1, config=FAST, show_progress_bar=False)
@@ -164,7 +166,9 @@ def test_greedy_models_and_complementarity_on_complementary_models(two_halves) -
     assert sorted(selection.chosen) == ["model_a", "model_b"]
     assert selection.chosen == ["model_a", "model_b"]  # in the caller's order, as build_fused_model needs them
 
-    report = complementarity({"model_a": vectors[1], "model_b": vectors[3], "copy_of_a": vectors[1].copy()}, labels, FAST)
+    report = complementarity(
+        {"model_a": vectors[1], "model_b": vectors[3], "copy_of_a": vectors[1].copy()}, labels, FAST
+    )
     pairs = {(pair.model_a, pair.model_b): pair for pair in report.pairs}
     same = pairs[("model_a", "copy_of_a")]
     assert same.disagreement == 0 and same.yules_q == 1 and same.a_errors_fixed_by_b == 0
@@ -182,9 +186,15 @@ def test_report_and_plot_are_written(two_halves, tmp_path) -> None:
     scores = layer_scores(vectors, labels, FAST, show_progress_bar=False)
     selection = greedy_layers(vectors, labels, scores, threshold=0.02, config=FAST, show_progress_bar=False)
     test = fit_and_test(vectors[1][:180], labels[:180], vectors[1][180:], labels[180:], FAST)
-    written = write_report(tmp_path / "out" / "report.json", task="toy", layer_scores={"model": scores},
-                           selections={"model/greedy_layers": selection}, test_scores={"model/greedy_layers": test},
-                           probe_config=FAST, settings={"pooling": "mean"})
+    written = write_report(
+        tmp_path / "out" / "report.json",
+        task="toy",
+        layer_scores={"model": scores},
+        selections={"model/greedy_layers": selection},
+        test_scores={"model/greedy_layers": test},
+        probe_config=FAST,
+        settings={"pooling": "mean"},
+    )
     loaded = json.loads((tmp_path / "out" / "report.json").read_text())
     assert loaded == written
     assert loaded["models"]["model"]["best_layer"] in (1, 3) and loaded["models"]["model"]["last_layer"] == 5
@@ -193,8 +203,9 @@ def test_report_and_plot_are_written(two_halves, tmp_path) -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no backend or GUI warnings
-        png = plot_layer_curves(tmp_path / "curves.png", {"model": scores, "other": scores[:4]}, {"model": selection.chosen},
-                                task="toy")
+        png = plot_layer_curves(
+            tmp_path / "curves.png", {"model": scores, "other": scores[:4]}, {"model": selection.chosen}, task="toy"
+        )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     with pytest.raises(ValueError, match="Nothing to plot"):
         plot_layer_curves(tmp_path / "empty.png", {}, task="toy")

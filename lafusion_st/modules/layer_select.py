@@ -98,7 +98,10 @@ class LayerSelect(Module):
     def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
         self.save_config(output_path)
         if self.layer_weights is not None:
-            save_file({"layer_weights": self.layer_weights.detach().cpu().contiguous()}, os.path.join(output_path, WEIGHTS_FILE))
+            save_file(
+                {"layer_weights": self.layer_weights.detach().cpu().contiguous()},
+                os.path.join(output_path, WEIGHTS_FILE),
+            )
 
     @classmethod
     def load(cls, model_name_or_path: str, subfolder: str = "", **kwargs) -> LayerSelect:
@@ -112,4 +115,3 @@ class LayerSelect(Module):
 
     def __repr__(self) -> str:
         return f"LayerSelect({self.get_config_dict()})"
-

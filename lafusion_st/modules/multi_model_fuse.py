@@ -113,11 +113,14 @@ class MultiModelFuse(InputModule):
     get_sentence_embedding_dimension = get_embedding_dimension
 
     def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
-        for name, member in zip(self.member_names, self.members):
+        for name, member in zip(self.member_names, self.members, strict=True):
             member.save(os.path.join(output_path, "members", name), safe_serialization=safe_serialization)
         self.save_config(output_path)
         if self.model_weights is not None:
-            save_file({"model_weights": self.model_weights.detach().cpu().contiguous()}, os.path.join(output_path, WEIGHTS_FILE))
+            save_file(
+                {"model_weights": self.model_weights.detach().cpu().contiguous()},
+                os.path.join(output_path, WEIGHTS_FILE),
+            )
 
     @classmethod
     def load(
@@ -129,8 +132,12 @@ class MultiModelFuse(InputModule):
         for name in config["member_names"]:
             member_path = os.path.join(root, "members", name)
             if not os.path.isfile(os.path.join(member_path, "modules.json")):
-                raise FileNotFoundError(f"Member {name!r} of this fused model is missing: no {member_path}/modules.json.")
-            members.append(FusedSentenceTransformer(member_path, local_files_only=True, trust_remote_code=trust_remote_code))
+                raise FileNotFoundError(
+                    f"Member {name!r} of this fused model is missing: no {member_path}/modules.json."
+                )
+            members.append(
+                FusedSentenceTransformer(member_path, local_files_only=True, trust_remote_code=trust_remote_code)
+            )
         weights = None
         if config["fusion"] == "weighted":
             weights_path = os.path.join(root, WEIGHTS_FILE)

@@ -75,9 +75,13 @@ class TruncatedTransformer(Transformer):
         self.source_num_layers = int(source_num_layers if source_num_layers is not None else loaded_layers)
         self.num_layers = int(num_layers if num_layers is not None else loaded_layers)
         if not 1 <= self.num_layers <= loaded_layers:
-            raise ValueError(f"num_layers={num_layers} is out of range: this model has {loaded_layers} layers (1..{loaded_layers}).")
+            raise ValueError(
+                f"num_layers={num_layers} is out of range: this model has {loaded_layers} layers (1..{loaded_layers})."
+            )
         if self.source_num_layers < loaded_layers:
-            raise ValueError(f"source_num_layers={source_num_layers} is smaller than the {loaded_layers} layers on disk.")
+            raise ValueError(
+                f"source_num_layers={source_num_layers} is smaller than the {loaded_layers} layers on disk."
+            )
 
         if self.num_layers < self.source_num_layers:
             probe = self._probe_reference() if self.num_layers < loaded_layers else None
@@ -116,7 +120,9 @@ class TruncatedTransformer(Transformer):
         if tokenizer is None or tokenizer.pad_token is not None:
             return
         if tokenizer.eos_token is None:
-            raise ValueError("The tokenizer has neither a pad token nor an EOS token to pad with; set tokenizer.pad_token.")
+            raise ValueError(
+                "The tokenizer has neither a pad token nor an EOS token to pad with; set tokenizer.pad_token."
+            )
         tokenizer.pad_token = tokenizer.eos_token
         logger.info("Tokenizer has no pad token: using its EOS token %r for padding.", tokenizer.eos_token)
 
@@ -144,7 +150,7 @@ class TruncatedTransformer(Transformer):
         mask = features.get("attention_mask")
         if self._warned_truncation or max_length is None or mask is None:
             return
-        at_limit = [text for text, length in zip(inputs, mask.sum(dim=1).tolist()) if length >= max_length]
+        at_limit = [text for text, length in zip(inputs, mask.sum(dim=1).tolist(), strict=True) if length >= max_length]
         if any(len(self.tokenizer(text, verbose=False)["input_ids"]) > max_length for text in at_limit):
             self._warned_truncation = True
             logger.warning(
