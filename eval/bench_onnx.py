@@ -26,6 +26,10 @@ import sys
 import time
 from pathlib import Path
 
+from costs import peak_rss_mib
+
+from lafusion_st.spec import EmbedderSpec
+
 MODEL = "smollm2-135m"
 DEPTHS = {"full": [30], "half": [12, 15]}
 BATCH_SIZES = (1, 8, 32)
@@ -34,7 +38,7 @@ VARIANTS = ("fp32", "fp32+fusions", "fp16", "int8")
 
 # -------------------------------------------------------------------------------------------- texts
 def benchmark_texts(count: int) -> dict[str, list[str]]:
-    """Short texts (SST-2 sentences, ~20 tokens) and long ones (several joined, cut at max_seq_length=256)."""
+    """Short texts (SST-2 sentences, ~20 tokens) and long ones (several joined, cut at the default max_seq_length)."""
     from lafusion_st.data import load_bundled
 
     sentences = [text for text in load_bundled("sst2", "train").texts if len(text.split()) >= 12]
@@ -74,16 +78,6 @@ def worker(runtime: str, depth: str, folder: str, texts_file: str, threads: int)
         for batch_size in BATCH_SIZES
     }
     print(json.dumps({"throughput": throughput, "peak_rss_mib": peak_rss_mib(), "imports_rss_mib": baseline}))
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory (Linux ``VmHWM``).
-
-    Not ``getrusage``'s ``ru_maxrss``: Linux carries that figure across ``execve``, so a worker started by a
-    parent that held a model would report the parent's peak.
-    """
-    status = Path("/proc/self/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024  # kB
 
 
 def run_worker(runtime: str, depth: str, folder: Path, texts_file: Path, threads: int) -> dict:
@@ -237,7 +231,10 @@ def main() -> None:
         for runtime in ("pytorch", "onnxruntime")
     }
     rows = variant_table(folders["half"], optimized, args.probe_size, args.threads)
-    print(f"\n{MODEL} (4-bit Q4_1 GGUF de-quantized to fp32), mean pooling, max_seq_length 256, {args.threads} threads")
+    print(
+        f"\n{MODEL} (4-bit Q4_1 GGUF de-quantized to fp32), mean pooling, "
+        f"max_seq_length {EmbedderSpec.max_seq_length}, {args.threads} threads"
+    )
     print_speed_table(results)
     print_variant_table(rows, args.probe_size)
 

@@ -30,7 +30,7 @@ import warnings
 from pathlib import Path
 
 from mteb.results import TaskResult
-from runner import REPOSITORY, Configuration, Plan, load_plan, run_costs, run_evaluations
+from runner import REPOSITORY, Configuration, Plan, load_plan, revisions, run_costs, run_evaluations
 from sklearn.exceptions import ConvergenceWarning
 
 from lafusion_st.mteb_tasks import TASKS
@@ -73,7 +73,11 @@ def main() -> None:
         if not args.no_costs:
             run_costs(plan, overwrite=args.overwrite)
     full_plan = tabulated_plan(args.config)  # the tables show every configuration that has results
-    rows = [table_row(full_plan, configuration, args.config) for configuration in full_plan.configurations]
+    revision = revisions(full_plan)  # results count only under each configuration's own weights revision
+    rows = [
+        table_row(full_plan, configuration, revision[configuration.name], args.config)
+        for configuration in full_plan.configurations
+    ]
     write_csv(rows, full_plan.results_folder / "tables.csv")
     tables = markdown(full_plan, rows)
     (full_plan.results_folder / "tables.md").write_text(tables)
@@ -120,7 +124,7 @@ def sample_note(plan: Plan) -> str:
     return f"stratified subsamples (seed {plan.seed}), at most train/test examples: {', '.join(parts)}"
 
 
-def table_row(plan: Plan, configuration: Configuration, config_file: Path) -> dict:
+def table_row(plan: Plan, configuration: Configuration, revision: str, config_file: Path) -> dict:
     """One configuration on one dataset: its scores under each protocol and its costs (blank if missing)."""
     row = dict.fromkeys(COLUMNS, "")
     layers = " + ".join("L" + ",".join(map(str, layers)) for layers in configuration.layers)
@@ -133,7 +137,7 @@ def table_row(plan: Plan, configuration: Configuration, config_file: Path) -> di
         layers=layers or "-",
     )
     for task in plan.tasks(configuration.dataset):
-        path = plan.result_path(configuration.name, task.metadata.name)
+        path = plan.result_path(configuration.name, revision, task.metadata.name)
         if path is None:
             continue
         scores = TaskResult.from_disk(path).scores["test"][0]

@@ -12,7 +12,7 @@ Configuration file (JSON)::
       "protocols": ["standard", "paper"],
       "subsample": {"max_train": 1000, "max_test": 500, "seed": 0,    # or null: full splits
                     "r8": {"max_train": 300, "max_test": 200}},         # per-dataset sizes override
-      "batch_size": 32, "max_seq_length": 256, "cost_texts": 128,
+      "batch_size": 32, "cost_texts": 128,                 # optional "max_seq_length": EmbedderSpec's default
       "configurations": [
         {"role": "last layer", "models": ["smollm2-135m"], "layers": [[-1]]},
         {"role": "best single layer", "models": ["smollm2-135m"],
@@ -26,46 +26,49 @@ Configuration file (JSON)::
 ``layers`` holds one list per model (``hidden_states`` numbering, negative from the end), or the string
 ``"best layer"`` / ``"greedy layers"`` to take, per dataset and model, what ``eval/selection_runs.py`` chose
 by cross-validation on the training split (reports under ``"selection_folder"``, default
-``eval/selection``); ``pooling``
-(default ``mean``), ``fusion`` and ``model_fusion`` (default ``concat``) are optional per configuration.
+``eval/selection``). The other keys of an entry (``pooling``, ``fusion``, ``model_fusion``) and a
+file-wide ``max_seq_length`` are :class:`lafusion_st.spec.EmbedderSpec` settings, defaults included: each
+configuration is a spec, named by ``EmbedderSpec.name``.
 
-Speed: every configuration of one model is computed from a single forward pass. A :class:`LayerBank`
-runs the model once per text for the union of the layers that any configuration needs (pooled vectors,
-cached by text), and a :class:`FusedView` fuses the layers of one configuration from it. Before a view
-is evaluated it is checked against the real fused model built for that configuration (the model the
-cost columns measure): the largest difference, relative to the largest coordinate, must stay below
-``PARITY_TOLERANCE``; only batch composition separates the two.
+Speed: every configuration is evaluated from the scan cache (``lafusion_st.scan``): each model reads every
+layer of the dataset's (subsampled) train and test texts once, and ``fused_from_scan`` fuses a
+configuration's layers from it, with the modules' own fusion, so no configuration costs another model pass
+(and the scans of ``eval/selection_runs.py`` are reused). Before a view is evaluated, it is checked
+element-wise (``atol + rtol * |x|``) against the real fused model built from the spec (the model the cost
+columns measure); only batch composition separates the two. Results are reused only when they belong to
+the configuration's own weights revision (MTEB's revision folder).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
+from costs import measure_cost, rss_mib
+from mteb.models import ModelMeta
 from sentence_transformers import SentenceTransformer
-from transformers import AutoConfig
 
-from lafusion_st import build_fused_model
-from lafusion_st.data import load_bundled
-from lafusion_st.evaluation import CachedEncoder, configuration_name, evaluate_encoder, make_model_meta, measure_cost
-from lafusion_st.fusion import fuse
-from lafusion_st.layers import resolve_layers
+from lafusion_st.data import LabeledTexts, load_bundled
+from lafusion_st.evaluation import CachedEncoder, evaluate_encoder, make_model_meta
 from lafusion_st.mteb_tasks import PROTOCOLS, TASKS, get_tasks
 from lafusion_st.registry import resolve_model
+from lafusion_st.scan import fused_from_scan, scan_task
+from lafusion_st.spec import EmbedderSpec
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-PARITY_TOLERANCE = 1e-4
+PARITY_ATOL, PARITY_RTOL = 1e-4, 1e-4
 SELECTION_CHOICES = ("best layer", "greedy layers")
+SPEC_KEYS = ("pooling", "fusion", "model_fusion")
 
 # Original releases of the offline models (the weights here are their 4-bit GGUF approximations).
 SOURCES = {
@@ -82,22 +85,24 @@ class Configuration:
     Attributes:
         dataset: Bundled dataset name.
         role: Row label (``last layer``, ``best single layer``, ``fused layers``, ...).
-        name: MTEB model name; the same embedder on several datasets has one name.
-        models: Model short names or folders (empty for a ready SentenceTransformer).
-        layers: Resolved layers per model.
-        pooling, fusion, model_fusion: As in :func:`lafusion_st.build_fused_model`.
+        name: MTEB model name (``spec.name``, or the baseline's own); one embedder has one name on every dataset.
+        spec: The fused embedder, layers resolved (``None`` for a ready SentenceTransformer).
         sentence_transformer: Short name or folder of a ready SentenceTransformer (the baseline).
     """
 
     dataset: str
     role: str
     name: str
-    models: tuple[str, ...] = ()
-    layers: tuple[tuple[int, ...], ...] = ()
-    pooling: str = "mean"
-    fusion: str = "concat"
-    model_fusion: str = "concat"
+    spec: EmbedderSpec | None = None
     sentence_transformer: str | None = None
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return self.spec.models if self.spec is not None else ()
+
+    @property
+    def layers(self) -> tuple[tuple[int, ...], ...]:
+        return self.spec.layers if self.spec is not None else ()
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,6 @@ class Plan:
     subsample: dict[str, tuple[int | None, int | None]]  # dataset -> (max_train, max_test)
     seed: int
     batch_size: int
-    max_seq_length: int
     cost_texts: int
     configurations: tuple[Configuration, ...] = field(default_factory=tuple)
 
@@ -122,16 +126,26 @@ class Plan:
             for task in get_tasks([dataset], protocol=protocol, max_train=max_train, max_test=max_test, seed=self.seed)
         ]
 
-    def missing(self, configuration: Configuration) -> bool:
-        """Whether some protocol's result of the configuration is not on disk yet."""
-        return not all(
-            self.result_path(configuration.name, task.metadata.name) for task in self.tasks(configuration.dataset)
+    def splits(self, dataset: str) -> tuple[LabeledTexts, LabeledTexts]:
+        """The (subsampled) train and test texts the dataset's tasks embed, subsampled as the tasks do."""
+        sizes = self.subsample[dataset]
+        return tuple(
+            data.subsample(size, self.seed) if size is not None else data
+            for data, size in zip((load_bundled(dataset, "train"), load_bundled(dataset, "test")), sizes, strict=True)
         )
 
-    def result_path(self, name: str, task_name: str) -> Path | None:
-        """The newest result file of a configuration on a task, whatever the revision, or ``None``."""
-        found = list((self.results_folder / "results" / name.replace("/", "__")).glob(f"*/{task_name}.json"))
-        return max(found, key=lambda path: path.stat().st_mtime) if found else None
+    def missing(self, configuration: Configuration, revision: str) -> bool:
+        """Whether some protocol's result of the configuration's own revision is not on disk yet."""
+        return not all(
+            self.result_path(configuration.name, revision, task.metadata.name)
+            for task in self.tasks(configuration.dataset)
+        )
+
+    def result_path(self, name: str, revision: str, task_name: str) -> Path | None:
+        """The result file of a configuration's revision on a task, or ``None``: results of other weights
+        revisions (another build of the same name) are never taken for this one."""
+        path = self.results_folder / "results" / name.replace("/", "__") / revision / f"{task_name}.json"
+        return path if path.is_file() else None
 
     def cost_path(self, name: str) -> Path:
         return self.results_folder / "costs" / f"{name.replace('/', '__')}.json"
@@ -161,15 +175,15 @@ def load_plan(path: str | Path, datasets: Sequence[str] | None = None, only: Seq
         dataset: tuple(subsample.get(dataset, {}).get(key, subsample.get(key)) for key in ("max_train", "max_test"))
         for dataset in chosen
     }
+    common = {"max_seq_length": raw["max_seq_length"]} if "max_seq_length" in raw else {}
+    selection_folder = REPOSITORY / raw.get("selection_folder", "eval/selection")
     # Dataset by dataset, so that a run stopped early has whole tables for the first datasets.
     configurations = tuple(
         configuration
         for dataset in chosen
         for entry in raw["configurations"]
         if dataset in entry.get("datasets", chosen)
-        for configuration in [
-            _configuration(entry, dataset, REPOSITORY / raw.get("selection_folder", "eval/selection"))
-        ]
+        for configuration in [_configuration(entry, dataset, selection_folder, common)]
         if only is None or configuration.name in only
     )
     if only is not None and not configurations:
@@ -181,7 +195,6 @@ def load_plan(path: str | Path, datasets: Sequence[str] | None = None, only: Seq
         subsample=sizes,
         seed=subsample.get("seed", 0),
         batch_size=raw.get("batch_size", 32),
-        max_seq_length=raw.get("max_seq_length", 256),
         cost_texts=raw.get("cost_texts", 128),
         configurations=configurations,
     )
@@ -211,7 +224,7 @@ def selected_layers(selection_folder: Path, dataset: str, model: str, choice: st
     return list(report["selections"][model]["chosen"])
 
 
-def _configuration(entry: dict, dataset: str, selection_folder: Path) -> Configuration:
+def _configuration(entry: dict, dataset: str, selection_folder: Path, common: dict) -> Configuration:
     if "sentence_transformer" in entry:
         return Configuration(dataset, entry["role"], entry["name"], sentence_transformer=entry["sentence_transformer"])
     layers = entry["layers"]
@@ -227,114 +240,63 @@ def _configuration(entry: dict, dataset: str, selection_folder: Path) -> Configu
         raise ValueError(
             f"Configuration {entry['role']!r}: give one layer list per model {entry['models']}, got {layers}."
         )
-    resolved = tuple(
-        tuple(resolve_layers(model_layers, _depth(model)))
-        for model, model_layers in zip(entry["models"], layers, strict=True)
-    )
-    settings = {key: entry[key] for key in ("pooling", "fusion", "model_fusion") if key in entry}
+    settings = {**common, **{key: entry[key] for key in SPEC_KEYS if key in entry}}
     if "weighted" in settings.values():
         raise ValueError("Weighted fusion needs trained weights; evaluate a saved model for it instead.")
-    configuration = Configuration(dataset, entry["role"], "", tuple(entry["models"]), resolved, **settings)
-    name = configuration_name(
-        configuration.models,
-        configuration.layers,
-        configuration.pooling,
-        configuration.fusion,
-        configuration.model_fusion,
-    )
-    return Configuration(**{**asdict(configuration), "name": name})
+    spec = EmbedderSpec(tuple(entry["models"]), tuple(tuple(ls) for ls in layers), **settings).resolved()
+    return Configuration(dataset, entry["role"], spec.name, spec=spec)
 
 
-def _depth(model: str) -> int:
-    config = AutoConfig.from_pretrained(resolve_model(model))
-    return (getattr(config, "text_config", None) or config).num_hidden_layers
-
-
-def build_embedder(configuration: Configuration, max_seq_length: int) -> SentenceTransformer:
+def build_embedder(configuration: Configuration) -> SentenceTransformer:
     """The real embedder of a configuration: what a user would build, and what the cost columns measure."""
-    if configuration.sentence_transformer is not None:
+    if configuration.spec is None:
         return SentenceTransformer(resolve_model(configuration.sentence_transformer))
-    layers = [list(model_layers) for model_layers in configuration.layers]
-    return build_fused_model(
-        list(configuration.models),
-        layers=layers if len(layers) > 1 else layers[0],
-        pooling=configuration.pooling,
-        fusion=configuration.fusion,
-        model_fusion=configuration.model_fusion,
-        max_seq_length=max_seq_length,
-    )
+    return configuration.spec.build()
 
 
-class LayerBank:
-    """One model pass per text for every layer the plan needs; pooled vectors cached by text.
-
-    Args:
-        model: Model short name or folder.
-        layers: The union of the layers of every configuration that uses this model and pooling.
-        pooling: Pooling mode.
-        max_seq_length: Token limit.
-    """
-
-    def __init__(self, model: str, layers: Sequence[int], pooling: str, max_seq_length: int) -> None:
-        self.layers = sorted(set(layers))
-        embedder = build_fused_model(
-            model, layers=self.layers, pooling=pooling, fusion="concat", max_seq_length=max_seq_length
+def model_meta(configuration: Configuration, embedder: SentenceTransformer, known: dict[str, ModelMeta]) -> ModelMeta:
+    """The configuration's ModelMeta (its revision fingerprints the embedder's weights), once per name."""
+    if configuration.name not in known:
+        sources = [SOURCES.get(model) for model in (configuration.models or (configuration.sentence_transformer,))]
+        single = sources[0] if len(sources) == 1 else None
+        known[configuration.name] = make_model_meta(
+            embedder,
+            configuration.name,
+            license=single[1] if single else "multiple",
+            adapted_from=single[0] if single else None,
+            open_weights=True,
         )
-        self.hidden_size = embedder.get_embedding_dimension() // len(self.layers)
-        self.cache = CachedEncoder(embedder)
-
-    def pooled(self, texts: Sequence[str], batch_size: int) -> dict[int, torch.Tensor]:
-        vectors = torch.from_numpy(self.cache.encode(texts, batch_size=batch_size))
-        return {
-            layer: vectors[:, i * self.hidden_size : (i + 1) * self.hidden_size] for i, layer in enumerate(self.layers)
-        }
+    return known[configuration.name]
 
 
-class FusedView:
-    """A configuration's vectors fused from layer banks: ``fuse`` per model, then across models.
-
-    Args:
-        members: One ``(bank, layers)`` pair per model.
-        fusion: Fusion of each model's layers.
-        model_fusion: Fusion across models.
-    """
-
-    def __init__(self, members: Sequence[tuple[LayerBank, Sequence[int]]], fusion: str, model_fusion: str) -> None:
-        self.members = list(members)
-        self.fusion = fusion
-        self.model_fusion = model_fusion
-
-    def encode(self, sentences: Sequence[str], batch_size: int = 32, **_) -> np.ndarray:
-        per_model = []
-        for bank, layers in self.members:
-            pooled = bank.pooled(sentences, batch_size)
-            per_model.append(fuse([pooled[layer] for layer in layers], self.fusion))
-        vectors = per_model[0] if len(per_model) == 1 else fuse(per_model, self.model_fusion)
-        return vectors.numpy()
+def revisions(plan: Plan) -> dict[str, str]:
+    """``name -> revision`` of every configuration of the plan (builds each distinct embedder once)."""
+    known: dict[str, ModelMeta] = {}
+    for configuration in plan.configurations:
+        if configuration.name not in known:
+            model_meta(configuration, build_embedder(configuration), known)
+    return {name: meta.revision for name, meta in known.items()}
 
 
 def run_evaluations(plan: Plan, overwrite: bool = False, log=print) -> None:
-    """Evaluate every configuration of the plan whose results are missing (all of them with ``overwrite``)."""
-    metas: dict[str, object] = {}
-    pending = [configuration for configuration in plan.configurations if overwrite or plan.missing(configuration)]
-    dataset = None
+    """Evaluate every configuration of the plan whose results of its own revision are missing (all with
+    ``overwrite``)."""
+    metas: dict[str, ModelMeta] = {}
+    dataset, scans = None, {}
     for configuration in plan.configurations:
-        if configuration not in pending:
+        embedder = build_embedder(configuration)
+        meta = model_meta(configuration, embedder, metas)
+        if not overwrite and not plan.missing(configuration, meta.revision):
             log(f"cached   {configuration.name} on {configuration.dataset}")
             continue
-        if configuration.dataset != dataset:  # texts differ between datasets: free the last dataset's banks
-            banks: dict[tuple[str, str], LayerBank | CachedEncoder] = {}
-            dataset = configuration.dataset
-        tasks = plan.tasks(configuration.dataset)
-        encoder = _encoder(plan, configuration, pending, banks)
-        if configuration.name not in metas:
-            metas[configuration.name] = _checked_meta(plan, configuration, encoder)
+        if configuration.dataset != dataset:  # texts differ between datasets: drop the last dataset's scans
+            dataset, scans = configuration.dataset, {}
         start = time.perf_counter()
         result = evaluate_encoder(
-            encoder,
-            tasks,
+            _encoder(plan, configuration, embedder, scans),
+            plan.tasks(configuration.dataset),
             plan.results_folder,
-            meta=metas[configuration.name],
+            meta=meta,
             batch_size=plan.batch_size,
             overwrite=overwrite,
         )
@@ -344,54 +306,40 @@ def run_evaluations(plan: Plan, overwrite: bool = False, log=print) -> None:
         )
 
 
-def _encoder(plan: Plan, configuration: Configuration, pending: Sequence[Configuration], banks: dict) -> CachedEncoder:
-    """The configuration's encoder, from ``banks`` (those of its dataset), filled on first use.
-
-    A model's bank covers the layers of its pending configurations on this dataset only, so a dataset whose
-    last-layer results exist is not run through the layers above its deepest pending layer.
-    """
-    if configuration.sentence_transformer is not None:
-        key = (configuration.sentence_transformer, "")
-        if key not in banks:
-            banks[key] = CachedEncoder(build_embedder(configuration, plan.max_seq_length))
-        return banks[key]
-    members = []
-    for model, layers in zip(configuration.models, configuration.layers, strict=True):
-        key = (model, configuration.pooling)
-        if key not in banks:
-            needed = {
-                layer
-                for other in pending
-                if other.dataset == configuration.dataset
-                for other_model, other_layers in zip(other.models, other.layers, strict=True)
-                if (other_model, other.pooling) == key
-                for layer in other_layers
-            }
-            banks[key] = LayerBank(model, needed, configuration.pooling, plan.max_seq_length)
-        members.append((banks[key], layers))
-    return CachedEncoder(FusedView(members, configuration.fusion, configuration.model_fusion))
+def _encoder(plan: Plan, configuration: Configuration, embedder: SentenceTransformer, scans: dict) -> CachedEncoder:
+    """The configuration's encoder: the embedder, its vectors of the dataset's texts read from the scans
+    (``scans``: ``(model, pooling, max_seq_length) -> TaskScan`` of this dataset, filled on first use)."""
+    encoder = CachedEncoder(embedder)
+    spec = configuration.spec
+    if spec is None:
+        return encoder
+    train, test = plan.splits(configuration.dataset)
+    train_view, test_view = {}, {}
+    for model, pooling in zip(spec.models, spec.pooling, strict=True):
+        key = (model, pooling, spec.max_seq_length)
+        if key not in scans:
+            scans[key] = scan_task(
+                model, train.texts, test.texts, poolings=[pooling], max_seq_length=spec.max_seq_length
+            )
+        train_view[model], test_view[model] = scans[key].train[model], scans[key].test[model]
+    expected = fused_from_scan(test_view, spec)
+    _check_parity(configuration, embedder, test.texts[:8], expected[:8], plan.batch_size)
+    encoder.remember(train.texts, fused_from_scan(train_view, spec))
+    encoder.remember(test.texts, expected)
+    return encoder
 
 
-def _checked_meta(plan: Plan, configuration: Configuration, encoder: CachedEncoder):
-    """ModelMeta from the real embedder, after checking that the encoder gives its vectors."""
-    embedder = build_embedder(configuration, plan.max_seq_length)
-    texts = load_bundled("sst2", "test").texts[:6] + load_bundled("r8", "test").texts[:2]  # short and long
-    expected = embedder.encode(texts, batch_size=plan.batch_size, convert_to_numpy=True)
-    got = encoder.encode(texts, batch_size=plan.batch_size)
-    deviation = float(np.abs(got - expected).max() / np.abs(expected).max())
-    if deviation > PARITY_TOLERANCE:
+def _check_parity(
+    configuration: Configuration, embedder: SentenceTransformer, texts: list[str], view: np.ndarray, batch_size: int
+) -> None:
+    """The scanned view must give the real embedder's vectors, element-wise within atol + rtol * |x|."""
+    real = embedder.encode(texts, batch_size=batch_size, convert_to_numpy=True)
+    difference = np.abs(view - real)
+    if (difference > PARITY_ATOL + PARITY_RTOL * np.abs(real)).any():
         raise RuntimeError(
-            f"{configuration.name}: evaluated vectors differ from the real embedder's by {deviation:.2e} (relative)."
+            f"{configuration.name}: scanned vectors differ from the real embedder's by up to {difference.max():.2e} "
+            f"(max abs), beyond atol={PARITY_ATOL:g} + rtol={PARITY_RTOL:g} * |x|."
         )
-    sources = [SOURCES.get(model) for model in (configuration.models or (configuration.sentence_transformer,))]
-    single = sources[0] if len(sources) == 1 else None
-    return make_model_meta(
-        embedder,
-        configuration.name,
-        license=single[1] if single else "multiple",
-        adapted_from=single[0] if single else None,
-        open_weights=True,
-    )
 
 
 def run_costs(plan: Plan, overwrite: bool = False, log=print) -> None:
@@ -402,33 +350,34 @@ def run_costs(plan: Plan, overwrite: bool = False, log=print) -> None:
         if configuration.name in done or (path.exists() and not overwrite):
             continue
         done.add(configuration.name)
-        spec = json.dumps(
-            {
-                **asdict(configuration),
-                "max_seq_length": plan.max_seq_length,
-                "batch_size": plan.batch_size,
-                "cost_texts": plan.cost_texts,
-            }
-        )
-        subprocess.run([sys.executable, __file__, "cost", spec, str(path)], check=True)
+        job = {
+            "configuration": {
+                **dataclasses.asdict(configuration),
+                "spec": configuration.spec.to_dict() if configuration.spec is not None else None,
+            },
+            "batch_size": plan.batch_size,
+            "cost_texts": plan.cost_texts,
+        }
+        subprocess.run([sys.executable, __file__, "cost", json.dumps(job), str(path)], check=True)
         log(f"cost     {configuration.name}: {json.loads(path.read_text())}")
 
 
-def measure_one(spec: dict, output: Path) -> None:
+def measure_one(job: dict, output: Path) -> None:
     """Build one embedder and measure it on the first ``cost_texts`` SST-2 test sentences.
 
     Records the process's resident memory before the model is built too, so that the tables can show
     the peak above that runtime floor: the memory the embedder itself (weights + activations) needs.
     """
-    settings = {key: spec.pop(key) for key in ("max_seq_length", "batch_size", "cost_texts")}
-    spec["models"], spec["layers"] = tuple(spec["models"]), tuple(tuple(layers) for layers in spec["layers"])
-    runtime_rss = psutil.Process().memory_info().rss  # Python + torch + imports, before any weights
-    embedder = build_embedder(Configuration(**spec), settings["max_seq_length"])
-    texts = load_bundled("sst2", "test").texts[: settings["cost_texts"]]
-    cost = measure_cost(embedder, texts, batch_size=settings["batch_size"])
+    fields = job["configuration"]
+    spec = EmbedderSpec.from_dict(fields.pop("spec")) if fields["spec"] is not None else None
+    configuration = Configuration(**{**fields, "spec": spec})
+    runtime_rss = rss_mib()  # Python + torch + imports, before any weights
+    embedder = build_embedder(configuration)
+    texts = load_bundled("sst2", "test").texts[: job["cost_texts"]]
+    cost = measure_cost(embedder, texts, batch_size=job["batch_size"])
     record = {
-        **asdict(cost),
-        "runtime_rss_mb": round(runtime_rss / 2**20, 1),
+        **dataclasses.asdict(cost),
+        "runtime_rss_mb": round(runtime_rss, 1),
         "texts": f"first {len(texts)} SST-2 test sentences",
         "torch_threads": torch.get_num_threads(),
         "load_average_1min": round(os.getloadavg()[0], 2),
@@ -444,7 +393,7 @@ if __name__ == "__main__":
         description="Internal: measure one configuration's cost (started by make_tables.py)."
     )
     parser.add_argument("mode", choices=["cost"])
-    parser.add_argument("spec", help="the configuration as JSON")
+    parser.add_argument("job", help="the configuration and settings as JSON")
     parser.add_argument("output", type=Path)
     arguments = parser.parse_args()
-    measure_one(json.loads(arguments.spec), arguments.output)
+    measure_one(json.loads(arguments.job), arguments.output)

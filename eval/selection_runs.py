@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from lafusion_st.data import LabeledTexts, load_bundled
-from lafusion_st.pipeline import RunResult, RunSettings, run_task, score_fusion_on_test
+from lafusion_st.pipeline import ALL_MODELS, FUSED_LAYERS, LAST_LAYER, RunResult, run_task, score_fusion_on_test
+from lafusion_st.spec import RunSettings
 
 LLMS = ["smollm2-135m", "gemma3-270m"]
 MODELS = [*LLMS, "minilm-l6"]
@@ -34,17 +35,14 @@ def summary_rows(
     task: str, result: RunResult, settings: RunSettings, train: LabeledTexts, test: LabeledTexts
 ) -> list[str]:
     """Markdown rows ``dataset | configuration | CV acc | test acc | test macro-F1`` plus the LLM pair."""
-    rows = []
-    for name, cv in result.cv.items():
-        score = result.rows[name]
-        rows.append(
-            f"| {task} | {name} | {100 * cv.accuracy_mean:.1f} | "
-            f"{100 * score.accuracy:.1f} | {100 * score.macro_f1:.1f} |"
-        )
-    pair = score_fusion_on_test(
-        result.scans, LLMS, settings.pooling, {m: result.chosen_layers[m] for m in LLMS}, train, test, settings.probe
-    )
-    pair_name = "multi-model " + " + ".join(f"{m} {result.chosen_layers[m]}" for m in LLMS)
+    rows = [
+        f"| {task} | {row.label} | {100 * row.cv.accuracy_mean:.1f} | "
+        f"{100 * row.test.accuracy:.1f} | {100 * row.test.macro_f1:.1f} |"
+        for row in result.rows.values()
+    ]
+    pair_spec = settings.spec(LLMS, [result.layers(m) for m in LLMS])
+    pair = score_fusion_on_test(result.scans, pair_spec, train, test, settings.probe)
+    pair_name = f"{ALL_MODELS} " + " + ".join(f"{m} {result.layers(m)}" for m in LLMS)
     rows.append(f"| {task} | {pair_name} | - | {100 * pair.accuracy:.1f} | {100 * pair.macro_f1:.1f} |")
     return rows
 
@@ -57,20 +55,18 @@ def task_splits(task: str) -> tuple[LabeledTexts, LabeledTexts]:
     )
 
 
-def auto_beats_last(task: str, result: RunResult, settings: RunSettings) -> list[str]:
+def auto_beats_last(task: str, result: RunResult) -> list[str]:
     """Per model: does the automatically chosen fusion beat the last layer on test?"""
     lines = []
     for model in MODELS:
-        last_layer = result.scans.train[model][settings.pooling].vectors.shape[0] - 1
-        last = result.rows[f"{model} last layer {[last_layer]}"]
-        fused = result.rows[f"{model} fused layers {result.chosen_layers[model]}"]
-        if result.chosen_layers[model] == [last_layer]:
+        last_row, fused_row = result.rows[(model, LAST_LAYER)], result.rows[(model, FUSED_LAYERS)]
+        last, fused, chosen = last_row.test, fused_row.test, result.layers(model)
+        if chosen == list(last_row.spec.layers[0]):
             verdict = "tie: CV chose the last layer"
         else:
             verdict = "yes" if fused.accuracy > last.accuracy else "no"
         lines.append(
-            f"| {task} | {model} | {100 * last.accuracy:.1f} | {100 * fused.accuracy:.1f} "
-            f"| {result.chosen_layers[model]} | {verdict} |"
+            f"| {task} | {model} | {100 * last.accuracy:.1f} | {100 * fused.accuracy:.1f} | {chosen} | {verdict} |"
         )
     return lines
 
@@ -134,7 +130,7 @@ def main() -> None:
             "size": f"{len(train)}/{len(test)}",
             "seconds": time.perf_counter() - start,
             "rows": summary_rows(task, result, settings, train, test),
-            "verdicts": auto_beats_last(task, result, settings),
+            "verdicts": auto_beats_last(task, result),
         }
         (output / task / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         print(f"{task}: {summary['seconds']:.0f} s")

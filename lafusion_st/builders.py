@@ -1,7 +1,8 @@
-"""One call from model names + layers to a ready fused embedder."""
+"""From an :class:`~lafusion_st.spec.EmbedderSpec` (or model names + layers) to a ready fused embedder."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,21 +14,23 @@ from lafusion_st.model import FusedSentenceTransformer
 from lafusion_st.modules import LayerSelect, MultiModelFuse, TruncatedTransformer
 from lafusion_st.pooling import PoolingMode
 from lafusion_st.registry import resolve_model
-
-DEFAULT_MAX_SEQ_LENGTH = 256
+from lafusion_st.spec import EmbedderSpec
 
 
 def build_fused_model(
     models: str | Sequence[str],
     layers: Sequence[int] | Sequence[Sequence[int]],
-    pooling: PoolingMode | Sequence[PoolingMode] = "mean",
-    fusion: FusionMode = "concat",
-    model_fusion: FusionMode = "concat",
-    max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH,
+    pooling: PoolingMode | Sequence[PoolingMode] | None = None,
+    fusion: FusionMode | None = None,
+    model_fusion: FusionMode | None = None,
+    max_seq_length: int | None = None,
     device: str | None = None,
     cache_dir: str | Path | None = None,
 ) -> FusedSentenceTransformer:
     """Build a fused ``SentenceTransformer`` from model names or paths and their layers.
+
+    The friendly face of :func:`build`: the settings are those of :class:`~lafusion_st.spec.EmbedderSpec`,
+    and one left out (``None``) takes the spec's default.
 
     Example::
 
@@ -46,41 +49,43 @@ def build_fused_model(
         device: Torch device; default as in ``SentenceTransformer``.
         cache_dir: Where short-named models are materialised (see :func:`lafusion_st.registry.resolve_model`).
     """
-    names = [models] if isinstance(models, str) else list(models)
-    if not names:
-        raise ValueError("Give at least one model.")
-    per_model_layers = _per_model(
-        layers, len(names), "layers", is_item=lambda value: all(isinstance(v, int) for v in value)
-    )
-    per_model_pooling = _per_model(pooling, len(names), "pooling", is_item=lambda value: isinstance(value, str))
-    members = [
-        FusedSentenceTransformer(
-            modules=build_member_modules(name, member_layers, member_pooling, fusion, max_seq_length, cache_dir),
-            device=device,
-        )
-        for name, member_layers, member_pooling in zip(names, per_model_layers, per_model_pooling, strict=True)
-    ]
+    settings = {"pooling": pooling, "fusion": fusion, "model_fusion": model_fusion, "max_seq_length": max_seq_length}
+    spec = EmbedderSpec(models, layers, **{key: value for key, value in settings.items() if value is not None})
+    return build(spec, device=device, cache_dir=cache_dir)
+
+
+def build(
+    spec: EmbedderSpec, device: str | None = None, cache_dir: str | Path | None = None
+) -> FusedSentenceTransformer:
+    """The embedder ``spec`` describes; it carries the spec with resolved layers as ``model.spec``.
+
+    Each model is truncated after its deepest selected layer; several models are fused by
+    :class:`~lafusion_st.modules.MultiModelFuse`. Saving the model records the spec in the folder.
+    """
+    paths = [resolve_model(model, cache_dir=cache_dir) for model in spec.models]
+    members = []
+    resolved_layers = []
+    for path, layers, pooling in zip(paths, spec.layers, spec.pooling, strict=True):
+        modules = build_member_modules(path, layers, pooling, spec.fusion, spec.max_seq_length)
+        resolved_layers.append(tuple(modules[1].layers))
+        members.append(FusedSentenceTransformer(modules=modules, device=device))
     if len(members) == 1:
-        return members[0]
-    member_names = [f"{index}_{Path(name).name}" for index, name in enumerate(names)]
-    return FusedSentenceTransformer(
-        modules=[MultiModelFuse(members, fusion=model_fusion, member_names=member_names)], device=device
-    )
+        embedder = members[0]
+    else:
+        member_names = [f"{index}_{Path(name).name}" for index, name in enumerate(spec.models)]
+        embedder = FusedSentenceTransformer(
+            modules=[MultiModelFuse(members, fusion=spec.model_fusion, member_names=member_names)], device=device
+        )
+    embedder.spec = dataclasses.replace(spec, layers=tuple(resolved_layers))
+    return embedder
 
 
 def build_member_modules(
-    model: str,
-    layers: Sequence[int],
-    pooling: PoolingMode,
-    fusion: FusionMode,
-    max_seq_length: int,
-    cache_dir: str | Path | None = None,
+    path: str, layers: Sequence[int], pooling: PoolingMode, fusion: FusionMode, max_seq_length: int
 ) -> list:
-    """``[TruncatedTransformer, LayerSelect]`` for one model, truncated after its deepest selected layer."""
-    path = resolve_model(model, cache_dir=cache_dir)
-    config = AutoConfig.from_pretrained(path)
-    text_config = getattr(config, "text_config", None) or config
-    depth, hidden_size = text_config.num_hidden_layers, text_config.hidden_size
+    """``[TruncatedTransformer, LayerSelect]`` for one resolved model folder, truncated after its deepest
+    selected layer."""
+    depth, hidden_size = _depth_and_width(path)
     layer_select = LayerSelect(
         resolve_layers(layers, depth), num_hidden_layers=depth, hidden_size=hidden_size, pooling=pooling, fusion=fusion
     )
@@ -88,13 +93,12 @@ def build_member_modules(
     return [backbone, layer_select]
 
 
-def _per_model(value, count: int, name: str, is_item) -> list:
-    """Broadcast a single setting to every model, or check there is one per model."""
-    if is_item(value):
-        return [value] * count
-    values = list(value)
-    if len(values) != count or not all(is_item(item) for item in values):
-        raise ValueError(
-            f"{name} must be one setting for all {count} models or a list of {count} settings, got {value!r}."
-        )
-    return values
+def model_depth(model: str, cache_dir: str | Path | None = None) -> int:
+    """Number of hidden layers of a model (short name, folder or cached hub id), read from its config."""
+    return _depth_and_width(resolve_model(model, cache_dir=cache_dir))[0]
+
+
+def _depth_and_width(path: str) -> tuple[int, int]:
+    config = AutoConfig.from_pretrained(path)
+    text_config = getattr(config, "text_config", None) or config
+    return text_config.num_hidden_layers, text_config.hidden_size

@@ -12,7 +12,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 from lafusion_st.data import BUNDLED_DATASETS
-from lafusion_st.modes import FUSION_MODES, POOLING_MODES, PROTOCOLS
+from lafusion_st.errors import InvalidArgumentError, LafusionError, MissingFileError
+from lafusion_st.modes import POOLING_MODES, PROTOCOLS
+from lafusion_st.spec import EmbedderSpec, RunSettings, ScanSettings, add_max_seq_length_argument
 from onnx_export.cli import EXPORT_HELP, add_export_arguments, export_command
 from onnx_export.manifest import DTYPES
 from onnx_export.providers import PROVIDERS
@@ -20,57 +22,6 @@ from onnx_export.providers import PROVIDERS
 Command = Callable[[argparse.Namespace], int | None]
 DEFAULT_MODELS = ["smollm2-135m"]
 DEFAULT_RUN_TASK = "sst2"
-
-
-def parse_layers(text: str) -> list[int]:
-    """``"12,16,20"`` or ``"-1"`` -> a list of ints (argparse type)."""
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"layers must be comma-separated integers, got {text!r}") from error
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        "-m",
-        action="append",
-        required=True,
-        dest="models",
-        help="model short name (see `lafusion models`), local folder or cached hub id; repeat for multi-model fusion",
-    )
-    parser.add_argument(
-        "--layers",
-        "-l",
-        action="append",
-        type=parse_layers,
-        required=True,
-        help="comma-separated hidden_states indices (0 = embeddings, -1 = last); once, or once per --model",
-    )
-    parser.add_argument(
-        "--pooling", choices=POOLING_MODES, default="mean", help="token pooling per layer (default: mean)"
-    )
-    parser.add_argument(
-        "--fusion", choices=FUSION_MODES, default="concat", help="how a model's layers are fused (default: concat)"
-    )
-    parser.add_argument(
-        "--model-fusion", choices=FUSION_MODES, default="concat", help="how several models are fused (default: concat)"
-    )
-    parser.add_argument("--max-seq-length", type=int, default=256, help="token limit per text (default: 256)")
-
-
-def build_from_args(args: argparse.Namespace):
-    from lafusion_st.builders import build_fused_model
-
-    layers = args.layers[0] if len(args.layers) == 1 else args.layers
-    return build_fused_model(
-        args.models,
-        layers=layers,
-        pooling=args.pooling,
-        fusion=args.fusion,
-        model_fusion=args.model_fusion,
-        max_seq_length=args.max_seq_length,
-    )
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -91,7 +42,7 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 def cmd_build(args: argparse.Namespace) -> None:
     """Build a fused embedder and save it as a SentenceTransformer folder."""
-    model = build_from_args(args)
+    model = EmbedderSpec.from_args(args).build()
     model.save(args.output)
     print(f"saved {args.output}: embedding dimension {model.get_embedding_dimension()}")
 
@@ -105,13 +56,15 @@ def cmd_embed(args: argparse.Namespace) -> None:
         with open(args.input, encoding="utf-8") as handle:
             texts += [line.rstrip("\n") for line in handle]
     if not texts:
-        raise SystemExit("lafusion embed: give texts as arguments or --input FILE")
+        raise InvalidArgumentError("give texts as arguments or --input FILE")
     if args.saved:
         from lafusion_st.model import FusedSentenceTransformer
 
         model = FusedSentenceTransformer(args.saved, local_files_only=True)
+    elif args.models and args.layers:
+        model = EmbedderSpec.from_args(args).build()
     else:
-        model = build_from_args(args)
+        raise InvalidArgumentError("give --saved FOLDER, or --model and --layers")
     embeddings = model.encode(texts, batch_size=args.batch_size, show_progress_bar=len(texts) > args.batch_size)
     if args.output:
         np.save(args.output, embeddings, allow_pickle=False)
@@ -138,7 +91,7 @@ def load_task_from_args(args: argparse.Namespace):
     from lafusion_st.data import load_task
 
     if bool(args.task) == bool(args.train or args.test):
-        raise SystemExit("lafusion: give either --task NAME or --train FILE --test FILE")
+        raise InvalidArgumentError("give either --task NAME or --train FILE --test FILE")
     train, test = load_task(args.task, args.train, args.test, text_col=args.text_col, label_col=args.label_col)
     if args.max_train:
         train = train.subsample(args.max_train, seed=args.seed)
@@ -155,16 +108,7 @@ def add_selection_arguments(parser: argparse.ArgumentParser, default_models: lis
         dest="models",
         help="model to scan (repeat for several); default: " + ", ".join(default_models or []),
     )
-    parser.add_argument("--pooling", choices=POOLING_MODES, default="mean", help="token pooling (default: mean)")
-    parser.add_argument("--max-seq-length", type=int, default=256, help="token limit per text (default: 256)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=0.002,
-        help="smallest CV accuracy gain that adds a layer or a model (default: 0.002)",
-    )
-    parser.add_argument("--max-layers", type=int, default=4, help="most layers fused per model (default: 4)")
+    RunSettings.add_arguments(parser)
     parser.add_argument(
         "--output", "-o", default="lafusion-run", help="folder for report.json, layer_curves.png, model/"
     )
@@ -175,14 +119,24 @@ def cmd_scan(args: argparse.Namespace) -> None:
     from lafusion_st.scan import scan_task
 
     _, train, test = load_task_from_args(args)
-    poolings = args.poolings or ["mean"]  # argparse's "append" would add to a list default
+    settings = ScanSettings(
+        **{
+            key: value
+            for key, value in (
+                ("poolings", args.poolings),  # argparse's "append" would add to a list default
+                ("max_seq_length", args.max_seq_length),
+                ("batch_size", args.batch_size),
+            )
+            if value is not None
+        }
+    )
     scans = scan_task(
         args.models,
         train.texts,
         test.texts,
-        poolings=poolings,
-        max_seq_length=args.max_seq_length,
-        batch_size=args.batch_size,
+        poolings=settings.poolings,
+        max_seq_length=settings.max_seq_length,
+        batch_size=settings.batch_size,
     )
     for split, by_model in (("train", scans.train), ("test", scans.test)):
         for model, by_pooling in by_model.items():
@@ -191,25 +145,18 @@ def cmd_scan(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace, with_test: bool) -> None:
-    from lafusion_st.pipeline import RunSettings, format_table, run_task
+    from lafusion_st.pipeline import format_table, run_task
     from lafusion_st.probe import ProbeConfig
 
     args.models = args.models or list(DEFAULT_MODELS)
     task, train, test = load_task_from_args(args)
-    settings = RunSettings(
-        pooling=args.pooling,
-        max_seq_length=args.max_seq_length,
-        batch_size=args.batch_size,
-        threshold=args.threshold,
-        max_layers=args.max_layers,
-        probe=ProbeConfig(seed=args.seed),
-    )
+    settings = RunSettings.from_args(args, probe=ProbeConfig(seed=args.seed))
     print(
         f"task {task}: {len(train)} train / {len(test)} test texts, {len(train.classes)} classes; models {args.models}"
     )
     result = run_task(str(task), train, test if with_test else None, args.models, args.output, settings)
     print(format_table(result))
-    print(f"\nchosen layers {result.chosen_layers}; models {result.chosen_models}")
+    print(f"\nchosen: {result.chosen.name}")
     print(
         f"report {result.report_path}\nplot   {result.plot_path}\nmodel "
         f" {result.model_path}  (SentenceTransformer folder)"
@@ -235,6 +182,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from lafusion_st.evaluation import evaluate_encoder
     from lafusion_st.mteb_tasks import get_tasks
 
+    if not Path(args.model).is_dir():
+        raise MissingFileError(f"No such folder: {args.model}")
     if (Path(args.model) / "modules.json").is_file():
         from lafusion_st.model import FusedSentenceTransformer
 
@@ -253,7 +202,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         encoder,
         tasks,
         args.results_folder,
-        name=args.name or f"lafusion/{Path(args.model).name}",
+        name=args.name or (encoder.spec.name if encoder.spec is not None else f"lafusion/{Path(args.model).name}"),
         batch_size=args.batch_size,
         show_progress_bar=True,
     )
@@ -269,13 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
         "task, fuse the best layers (and models), ship the result as a SentenceTransformer.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a user error too")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     models = verbs.add_parser("models", help="list the offline models known by short name")
     models.set_defaults(run=cmd_models)
 
     build = verbs.add_parser("build", help="build a fused embedder from models + layers and save it")
-    add_model_arguments(build)
+    EmbedderSpec.add_arguments(build)
     build.add_argument("--output", "-o", required=True, help="folder to save the SentenceTransformer to")
     build.set_defaults(run=cmd_build)
 
@@ -285,13 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--saved", help="saved embedder folder (instead of --model/--layers)")
     embed.add_argument("--output", help=".npy file to write the embeddings to")
     embed.add_argument("--batch-size", type=int, default=32)
-    embed_model = embed.add_argument_group("or build one")
-    embed_model.add_argument("--model", "-m", action="append", dest="models")
-    embed_model.add_argument("--layers", "-l", action="append", type=parse_layers)
-    embed_model.add_argument("--pooling", choices=POOLING_MODES, default="mean")
-    embed_model.add_argument("--fusion", choices=FUSION_MODES, default="concat")
-    embed_model.add_argument("--model-fusion", choices=FUSION_MODES, default="concat")
-    embed_model.add_argument("--max-seq-length", type=int, default=256)
+    EmbedderSpec.add_arguments(embed, required=False)
     embed.set_defaults(run=cmd_embed)
     scan = verbs.add_parser("scan", help="cache every layer's pooled vectors of each model over a task")
     add_task_arguments(scan)
@@ -301,10 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         dest="poolings",
         choices=POOLING_MODES,
-        help="pooling mode(s), all from one forward pass (default: mean)",
+        help=f"pooling mode(s), all from one forward pass (default: {', '.join(ScanSettings.poolings)})",
     )
-    scan.add_argument("--max-seq-length", type=int, default=256)
-    scan.add_argument("--batch-size", type=int, default=32)
+    add_max_seq_length_argument(scan)
+    scan.add_argument("--batch-size", type=int, help=f"default: {ScanSettings.batch_size}")
     scan.set_defaults(run=cmd_scan)
 
     select = verbs.add_parser(
@@ -349,7 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--results-folder", default="lafusion-results", help="MTEB result cache (default: lafusion-results)"
     )
-    evaluate.add_argument("--name", help="configuration name for ModelMeta (default: lafusion/<folder name>)")
+    evaluate.add_argument(
+        "--name",
+        help="configuration name for ModelMeta (default: the name of the spec recorded in the folder; "
+        "lafusion/<folder name> for a folder saved without one)",
+    )
     evaluate.add_argument("--batch-size", type=int, default=32)
     onnx = evaluate.add_argument_group("ONNX exports only")
     onnx.add_argument(
@@ -372,9 +320,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    if args.verb == "embed" and not args.saved and not (args.models and args.layers):
-        raise SystemExit("lafusion embed: give --saved FOLDER, or --model and --layers")
-    return args.run(args) or 0
+    try:
+        return args.run(args) or 0
+    except LafusionError as error:
+        if args.debug:
+            raise
+        print(f"lafusion {args.verb}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

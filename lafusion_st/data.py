@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lafusion_st.errors import DataFormatError, InvalidArgumentError, MissingFileError
+
 __all__ = [
     "BUNDLED_DATASETS",
     "SPLITS",
@@ -37,10 +39,6 @@ __all__ = [
 BUNDLED_DATASETS = ("sst2", "mr", "r8", "r52")
 SPLITS = ("train", "test")
 FILE_FORMATS = (".jsonl", ".ndjson", ".json", ".csv", ".tsv")
-
-
-class DataFormatError(ValueError):
-    """A data file cannot be read as labelled texts; the message names the file and line."""
 
 
 @dataclass(frozen=True)
@@ -127,9 +125,9 @@ def load_bundled(name: str, split: str) -> LabeledTexts:
         ValueError: For an unknown name or split, listing the valid ones.
     """
     if name not in BUNDLED_DATASETS:
-        raise ValueError(f"unknown bundled dataset {name!r}; choose one of {list(BUNDLED_DATASETS)}")
+        raise InvalidArgumentError(f"unknown bundled dataset {name!r}; choose one of {list(BUNDLED_DATASETS)}")
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
+        raise InvalidArgumentError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
     resource = resources.files("lafusion_st") / "datasets" / f"{name}_{split}.jsonl.gz"
     with resource.open("rb") as fh:
         raw = gzip.decompress(fh.read())
@@ -165,6 +163,8 @@ def load_file(path: str | Path, text_col: str = "text", label_col: str = "label"
             f"{path}: unsupported file type {fmt or '(no suffix)'}; "
             f"use one of {list(FILE_FORMATS)}, optionally followed by .gz"
         )
+    if not path.is_file():
+        raise MissingFileError(f"No such data file: {path}")
     raw = path.read_bytes()
     if compressed:
         try:
@@ -240,10 +240,12 @@ def load_task(
     """
     if task is not None:
         if train is not None or test is not None:
-            raise ValueError("give either a bundled task or train/test files, not both")
+            raise InvalidArgumentError("give either a bundled task or train/test files, not both")
         return load_bundled(task, "train"), load_bundled(task, "test")
     if train is None or test is None:
-        raise ValueError(f"give a bundled task (one of {list(BUNDLED_DATASETS)}) or both a train and a test file")
+        raise InvalidArgumentError(
+            f"give a bundled task (one of {list(BUNDLED_DATASETS)}) or both a train and a test file"
+        )
     return load_file(train, text_col, label_col), load_file(test, text_col, label_col)
 
 

@@ -1,12 +1,13 @@
-"""Evaluate any embedder on classification tasks through MTEB, and measure what it costs.
+"""Evaluate any embedder on classification tasks through MTEB.
 
 One entry point, :func:`evaluate_encoder`, for everything with SentenceTransformer's
 ``encode(sentences, batch_size=..., show_progress_bar=..., convert_to_numpy=...)``: a fused lafusion
 model, a plain SentenceTransformer (all-MiniLM-L6-v2), or the ONNX Runtime encoder. MTEB does the
 evaluation (its own logistic-regression loop and result files); this module adds what MTEB leaves out:
 
-- a :class:`~mteb.models.ModelMeta` per configuration (:func:`make_model_meta`), so the results of
-  variants (layers, pooling, fusion) are filed under different names and never overwrite each other;
+- a :class:`~mteb.models.ModelMeta` per configuration (:func:`make_model_meta`, named by
+  :attr:`lafusion_st.spec.EmbedderSpec.name`), so the results of variants (layers, pooling, fusion) are
+  filed under different names and never overwrite each other;
 - an in-memory embedding cache keyed by text (:class:`CachedEncoder`): both protocols and all tasks
   share one model pass per distinct text, which matters when an LLM embeds 7 to 28 sentences a second;
 - checks on every embedding (shape and finiteness), and a results folder that is checked for writing
@@ -20,16 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-import threading
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import mteb
 import numpy as np
-import psutil
 import torch
 from mteb.abstasks.abstask import AbsTask
 from mteb.models import ModelMeta
@@ -46,14 +43,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CachedEncoder",
-    "EncoderCost",
     "MTEBEncoder",
     "ResultsFolderError",
     "TextEncoder",
-    "configuration_name",
     "evaluate_encoder",
     "make_model_meta",
-    "measure_cost",
 ]
 
 
@@ -65,38 +59,6 @@ class TextEncoder(Protocol):
 
 class ResultsFolderError(OSError):
     """The results folder cannot be created or written; raised before any text is embedded."""
-
-
-def configuration_name(
-    models: Sequence[str],
-    layers: Sequence[Sequence[int]],
-    pooling: str,
-    fusion: str,
-    model_fusion: str = "concat",
-    namespace: str = "lafusion",
-) -> str:
-    """The MTEB model name of one configuration, e.g. ``lafusion/smollm2-135m__L12-16-20__mean__concat``.
-
-    Several models are joined with ``+`` and get the model fusion as a last part
-    (``lafusion/smollm2-135m__L15+gemma3-270m__L9__mean__concat__concat``). Pass resolved, non-negative
-    layer indices so that ``-1`` and ``30`` of a 30-layer model do not give two names for one model.
-
-    Args:
-        models: Model short names (or folder names), one per model.
-        layers: The selected ``hidden_states`` indices of each model.
-        pooling: Pooling mode.
-        fusion: Fusion of each model's layers.
-        model_fusion: Fusion across models (named only when there are several).
-        namespace: The part before ``/``.
-    """
-    if len(models) != len(layers) or not models:
-        raise ValueError(f"Give one layer list per model, got models {list(models)} and layers {list(layers)}.")
-    members = "+".join(
-        f"{Path(model).name}__L{'-'.join(str(layer) for layer in model_layers)}"
-        for model, model_layers in zip(models, layers, strict=True)
-    )
-    name = f"{namespace}/{members}__{pooling}__{fusion}"
-    return f"{name}__{model_fusion}" if len(models) > 1 else name
 
 
 def make_model_meta(
@@ -121,7 +83,7 @@ def make_model_meta(
 
     Args:
         encoder: The encoder.
-        name: ``organisation/model`` name that identifies the configuration (see :func:`configuration_name`).
+        name: ``organisation/model`` name that identifies the configuration (see ``EmbedderSpec.name``).
         revision: Version of the weights; default: the first 16 hex digits of a SHA-256 over the module
             structure and every parameter and buffer, so the same weights and settings give the same revision.
         n_parameters: Parameter count; default: counted on the torch module.
@@ -218,6 +180,15 @@ class CachedEncoder:
             return np.empty((0, self.embedding_dimension or 0), dtype=np.float32)
         return np.stack([self._vectors[text] for text in sentences])
 
+    def remember(self, texts: Sequence[str], vectors: np.ndarray) -> None:
+        """Take ``vectors`` (one row per text, computed elsewhere, e.g. read from a scan) as the encoder's.
+
+        Raises:
+            ValueError: As :meth:`encode`, for a wrong shape or a non-finite value.
+        """
+        texts = list(texts)
+        self._vectors.update(zip(texts, self._checked(vectors, texts), strict=True))
+
     def _checked(self, vectors: Any, texts: list[str]) -> np.ndarray:
         if isinstance(vectors, torch.Tensor):
             vectors = vectors.detach().cpu().numpy()
@@ -287,7 +258,7 @@ def evaluate_encoder(
 
         model = build_fused_model("smollm2-135m", layers=[12, 16, 20])
         tasks = get_tasks(["sst2", "r8"]) + get_tasks(["sst2", "r8"], protocol="paper", max_train=2000)
-        evaluate_encoder(model, tasks, "eval/results", name="lafusion/smollm2-135m__L12-16-20__mean__concat")
+        evaluate_encoder(model, tasks, "eval/results", name=model.spec.name)
 
     Args:
         encoder: A SentenceTransformer, the ONNX Runtime encoder, a :class:`CachedEncoder` (to reuse its
@@ -324,90 +295,6 @@ def evaluate_encoder(
         show_progress_bar=show_progress_bar,
         raise_error=True,
         co2_tracker=False,
-    )
-
-
-@dataclass(frozen=True)
-class EncoderCost:
-    """What one configuration costs at inference time, measured on a fixed list of texts.
-
-    Attributes:
-        embedding_dimension: Width of the vectors.
-        n_parameters: Parameters of the torch module (``None`` for a non-torch encoder).
-        peak_rss_mb: Peak resident memory of the whole process while encoding, in MiB: weights,
-            activations, and the Python/torch runtime. Measure in a fresh process per configuration for a
-            figure that belongs to that configuration alone.
-        rss_before_mb: Resident memory just before encoding (the difference is the encoding's own peak).
-        sentences_per_second: Texts encoded per second in the fastest of ``repeats`` passes, after one
-            warm-up batch (the fastest pass is the one least disturbed by other processes).
-        n_texts: Number of texts timed.
-        batch_size: Batch size used.
-        repeats: Number of timed passes.
-    """
-
-    embedding_dimension: int
-    n_parameters: int | None
-    peak_rss_mb: float
-    rss_before_mb: float
-    sentences_per_second: float
-    n_texts: int
-    batch_size: int
-    repeats: int
-
-
-def measure_cost(
-    encoder: TextEncoder, texts: Sequence[str], batch_size: int = 32, repeats: int = 3, sample_interval_s: float = 0.005
-) -> EncoderCost:
-    """Time ``encoder.encode(texts)`` and sample the process's resident memory while it runs.
-
-    Why RSS and not tracemalloc or torch's allocator statistics: tracemalloc sees only Python's own
-    allocations, not torch's tensors, and torch keeps no allocator statistics on CPU; RSS sees everything,
-    including ONNX Runtime's memory. It is sampled by a thread every ``sample_interval_s``, so a spike
-    shorter than that can be missed.
-
-    Args:
-        encoder: The encoder (its own ``encode``, no cache).
-        texts: The texts to time; the first ``batch_size`` are encoded once before, as a warm-up.
-        batch_size: Encoding batch size.
-        repeats: Timed passes over ``texts``; the fastest counts.
-        sample_interval_s: Memory sampling period.
-    """
-    if not texts or repeats < 1:
-        raise ValueError(
-            f"measure_cost needs at least one text and one repeat, got {len(texts)} texts and {repeats} repeats."
-        )
-    texts = list(texts)
-    encoder.encode(texts[:batch_size], batch_size=batch_size, convert_to_numpy=True)
-    process = psutil.Process()
-    rss_before = process.memory_info().rss
-    peak = [rss_before]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(sample_interval_s):
-            peak[0] = max(peak[0], process.memory_info().rss)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    elapsed = []
-    try:
-        for _ in range(repeats):
-            start = time.perf_counter()
-            vectors = encoder.encode(texts, batch_size=batch_size, convert_to_numpy=True)
-            elapsed.append(time.perf_counter() - start)
-    finally:
-        done.set()
-        sampler.join()
-    peak[0] = max(peak[0], process.memory_info().rss)
-    return EncoderCost(
-        embedding_dimension=int(np.asarray(vectors).shape[1]),
-        n_parameters=sum(p.numel() for p in encoder.parameters()) if isinstance(encoder, torch.nn.Module) else None,
-        peak_rss_mb=round(peak[0] / 2**20, 1),
-        rss_before_mb=round(rss_before / 2**20, 1),
-        sentences_per_second=round(len(texts) / min(elapsed), 2),
-        n_texts=len(texts),
-        batch_size=batch_size,
-        repeats=repeats,
     )
 
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
+from lafusion_st.errors import InvalidArgumentError
 from lafusion_st.modes import FUSION_MODES, FusionMode
 
 
@@ -23,13 +24,13 @@ def fused_dimension(dimensions: Sequence[int], mode: str) -> int:
             add vectors element-wise and so need equal sizes.
     """
     if mode not in FUSION_MODES:
-        raise ValueError(f"Unknown fusion mode {mode!r}; choose one of {list(FUSION_MODES)}.")
+        raise InvalidArgumentError(f"Unknown fusion mode {mode!r}; choose one of {list(FUSION_MODES)}.")
     if not dimensions:
         raise ValueError("Nothing to fuse: at least one vector is needed.")
     if mode == "concat":
         return int(sum(dimensions))
     if len(set(dimensions)) > 1:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Fusion {mode!r} adds vectors element-wise, but their dimensions differ: {list(dimensions)}. "
             "Use fusion='concat', or fuse only vectors of equal size."
         )

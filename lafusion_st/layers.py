@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from lafusion_st.errors import InvalidArgumentError
+
 
 def resolve_layers(layers: Iterable[int], num_hidden_layers: int) -> list[int]:
     """Turn layer indices into sorted, non-negative ``hidden_states`` positions.
@@ -28,18 +30,18 @@ def resolve_layers(layers: Iterable[int], num_hidden_layers: int) -> list[int]:
     """
     layers = list(layers)
     if not layers:
-        raise ValueError("Select at least one layer.")
+        raise InvalidArgumentError("Select at least one layer.")
     resolved = []
     for layer in layers:
         if isinstance(layer, bool) or not isinstance(layer, int):
-            raise ValueError(f"Layer indices must be integers, got {layer!r}.")
+            raise InvalidArgumentError(f"Layer indices must be integers, got {layer!r}.")
         if not -(num_hidden_layers + 1) <= layer <= num_hidden_layers:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Layer {layer} is out of range for a model with {num_hidden_layers} layers: valid indices are "
                 f"0..{num_hidden_layers} (0 = embedding output) or -{num_hidden_layers + 1}..-1 from the end."
             )
         resolved.append(layer % (num_hidden_layers + 1))
     duplicates = sorted({index for index in resolved if resolved.count(index) > 1})
     if duplicates:
-        raise ValueError(f"Layers {layers} select hidden state(s) {duplicates} more than once.")
+        raise InvalidArgumentError(f"Layers {layers} select hidden state(s) {duplicates} more than once.")
     return sorted(resolved)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
+
+from lafusion_st.spec import EmbedderSpec, read_spec_file, write_spec_file
 
 OWN_MODULES_PACKAGE = "lafusion_st.modules"
 
@@ -21,7 +24,23 @@ class FusedSentenceTransformer(SentenceTransformer):
     ``encode``: a ``TypeError`` naming the index of the first non-string input (before length sorting
     hides it), and an empty input list gives an empty ``(0, dim)`` array (or tensor) instead of a
     dimensionless one, so downstream code that stacks or indexes columns keeps working.
+
+    ``spec`` is the :class:`~lafusion_st.spec.EmbedderSpec` the model was built from (``None`` for one
+    assembled by hand, or read from a folder saved before specs were recorded); ``save`` records it in the
+    folder and loading the folder reads it back.
     """
+
+    spec: EmbedderSpec | None = None
+
+    def __init__(self, model_name_or_path: str | None = None, *args: Any, **kwargs: Any) -> None:
+        super().__init__(model_name_or_path, *args, **kwargs)
+        if model_name_or_path is not None and Path(model_name_or_path).is_dir():
+            self.spec = read_spec_file(model_name_or_path)
+
+    def save(self, path: str, *args: Any, **kwargs: Any) -> None:
+        super().save(path, *args, **kwargs)
+        if self.spec is not None:
+            write_spec_file(path, self.spec)
 
     def _load_module_class_from_ref(self, class_ref: str, *args: Any, **kwargs: Any) -> type:
         """Import lafusion's own module classes directly; every other class goes through the parent's checks.

@@ -8,19 +8,18 @@ test split is only used, at the end, to report the accuracy of configurations al
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lafusion_st.builders import build_fused_model
 from lafusion_st.data import LabeledTexts, check_classification_data
-from lafusion_st.pooling import PoolingMode
 from lafusion_st.probe import ProbeConfig, ProbeScore, TestScore, fit_and_test, layer_scores
 from lafusion_st.report import plot_layer_curves, write_report
-from lafusion_st.scan import TaskScan, scan_task
+from lafusion_st.scan import TaskScan, fused_from_scan, scan_task
 from lafusion_st.selection import Selection, complementarity, greedy_layers, greedy_models
+from lafusion_st.spec import EmbedderSpec, RunSettings
 
 logger = logging.getLogger(__name__)
 
@@ -28,30 +27,59 @@ GREEDY_CANDIDATES = 8
 """Greedy layer selection considers the best single layers only: each round costs one CV per candidate."""
 
 
-@dataclass
-class RunSettings:
-    """What ``run_task`` does; the defaults are those of ``lafusion run``."""
+LAST_LAYER, BEST_LAYER, FUSED_LAYERS = "last layer", "best layer", "fused layers"
+ALL_MODELS, GREEDY_MODELS = "multi-model", "greedy models"
+ROLES = (LAST_LAYER, BEST_LAYER, FUSED_LAYERS, ALL_MODELS, GREEDY_MODELS)
+"""Row roles: per model (the first three) and across models (the last two)."""
 
-    pooling: PoolingMode = "mean"
-    max_seq_length: int = 256
-    batch_size: int = 32
-    threshold: float = 0.002
-    max_layers: int = 4
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
+CHECK_ATOL, CHECK_RTOL = 1e-4, 1e-4
+"""Element-wise tolerance (``atol + rtol * |x|``) of the built embedder against the scan it was chosen on:
+only batch composition separates the two."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One configuration of the result table.
+
+    Attributes:
+        role: One of :data:`ROLES`.
+        spec: The configuration (models and resolved layers under the run's settings).
+        cv: Its cross-validated score on the training split (what chose it).
+        test: Its test score, or ``None`` when no test split was given.
+    """
+
+    role: str
+    spec: EmbedderSpec
+    cv: ProbeScore
+    test: TestScore | None = None
+
+    @property
+    def label(self) -> str:
+        """The row's display label, e.g. ``smollm2-135m best layer [15]`` or ``greedy models a + b``."""
+        layers = dict(zip(self.spec.models, (list(layers) for layers in self.spec.layers), strict=True))
+        if self.role == GREEDY_MODELS:
+            return f"{GREEDY_MODELS} " + " + ".join(self.spec.models)
+        if self.role == ALL_MODELS:
+            return f"{ALL_MODELS} " + " + ".join(f"{model} {layers[model]}" for model in self.spec.models)
+        (model,) = self.spec.models
+        return f"{model} {self.role} {layers[model]}"
 
 
 @dataclass
 class RunResult:
-    """Rows of the result table (``name -> test score``), the chosen layers, the scans, and the files written."""
+    """The result rows, keyed by ``(model, role)`` (``model`` is ``"a+b"`` for a row over several models), the
+    chosen embedder's spec, the scans, and the files written."""
 
-    rows: dict[str, TestScore]
-    cv: dict[str, ProbeScore]
-    chosen_layers: dict[str, list[int]]
-    chosen_models: list[str]
+    rows: dict[tuple[str, str], Row]
+    chosen: EmbedderSpec
     report_path: Path
     plot_path: Path
     model_path: Path
     scans: TaskScan
+
+    def layers(self, model: str) -> list[int]:
+        """The layers the greedy fusion chose for ``model`` (also for a model the model search dropped)."""
+        return list(self.rows[(model, FUSED_LAYERS)].spec.layers[0])
 
 
 def run_task(
@@ -80,18 +108,23 @@ def run_task(
     settings = settings or RunSettings()
     check_classification_data(train, test)
     output_dir = Path(output_dir)
+    scan = settings.scan
     scans = scan_task(
         models,
         train.texts,
         test.texts if test is not None else None,
-        poolings=[settings.pooling],
-        max_seq_length=settings.max_seq_length,
-        batch_size=settings.batch_size,
+        poolings=scan.poolings,
+        max_seq_length=scan.max_seq_length,
+        batch_size=scan.batch_size,
     )
     train_vectors = {model: scans.train[model][settings.pooling] for model in models}
 
-    rows: dict[str, TestScore] = {}
-    cv: dict[str, ProbeScore] = {}
+    rows: dict[tuple[str, str], Row] = {}
+
+    def add_row(role: str, spec: EmbedderSpec, cv: ProbeScore) -> None:
+        tested = score_fusion_on_test(scans, spec, train, test, settings.probe) if test is not None else None
+        rows[("+".join(spec.models), role)] = Row(role, spec, cv, tested)
+
     curves: dict[str, list[ProbeScore]] = {}
     selections: dict[str, Selection] = {}
     for model in models:
@@ -111,15 +144,12 @@ def run_task(
             config=settings.probe,
         )
         last = len(curves[model]) - 1
-        for label, layers, score in (
-            ("last layer", [last], curves[model][last]),
-            ("best layer", [best], curves[model][best]),
-            ("fused layers", selections[model].chosen, selections[model].score),
+        for role, layers, score in (
+            (LAST_LAYER, [last], curves[model][last]),
+            (BEST_LAYER, [best], curves[model][best]),
+            (FUSED_LAYERS, selections[model].chosen, selections[model].score),
         ):
-            name = f"{model} {label} {layers}"
-            cv[name] = score
-            if test is not None:
-                rows[name] = _test(scans, model, settings.pooling, layers, train, test, settings.probe)
+            add_row(role, settings.spec([model], [layers]), score)
 
     chosen_models = list(models)
     model_complementarity = None
@@ -130,40 +160,23 @@ def run_task(
         )
         model_complementarity = complementarity(features, train.labels, settings.probe)
         chosen_models = list(selections["models"].chosen)
-        name = "multi-model " + " + ".join(f"{model} {selections[model].chosen}" for model in models)
-        cv[name] = _cv_of_all(selections["models"], models)
-        if test is not None:
-            rows[name] = score_fusion_on_test(
-                scans, models, settings.pooling, {m: selections[m].chosen for m in models}, train, test, settings.probe
-            )
+        add_row(
+            ALL_MODELS,
+            settings.spec(models, [selections[m].chosen for m in models]),
+            _cv_of_all(selections["models"], models),
+        )
         if len(chosen_models) < len(models):
-            name = "greedy models " + " + ".join(chosen_models)
-            cv[name] = selections["models"].score
-            if test is not None:
-                rows[name] = score_fusion_on_test(
-                    scans,
-                    chosen_models,
-                    settings.pooling,
-                    {m: selections[m].chosen for m in chosen_models},
-                    train,
-                    test,
-                    settings.probe,
-                )
+            add_row(
+                GREEDY_MODELS,
+                settings.spec(chosen_models, [selections[m].chosen for m in chosen_models]),
+                selections["models"].score,
+            )
 
+    chosen = settings.spec(chosen_models, [selections[m].chosen for m in chosen_models])
     model_path = output_dir / "model"
-    embedder = build_fused_model(
-        chosen_models,
-        layers=[selections[m].chosen for m in chosen_models],
-        pooling=settings.pooling,
-        max_seq_length=settings.max_seq_length,
-    )
+    embedder = chosen.build()
     _check_embedder_matches_scan(
-        embedder,
-        scans.test if test is not None else scans.train,
-        chosen_models,
-        settings.pooling,
-        {m: selections[m].chosen for m in chosen_models},
-        test if test is not None else train,
+        embedder, scans.test if test is not None else scans.train, chosen, test if test is not None else train
     )
     embedder.save(str(model_path))
     plot_path = plot_layer_curves(
@@ -176,7 +189,7 @@ def run_task(
         layer_scores=curves,
         selections=selections,
         complementarity=model_complementarity,
-        test_scores=rows,
+        test_scores={row.label: row.test for row in rows.values() if row.test is not None},
         probe_config=settings.probe,
         settings={
             "pooling": settings.pooling,
@@ -185,60 +198,33 @@ def run_task(
             "num_test": len(test) if test is not None else 0,
             "models": models,
             "chosen_models": chosen_models,
+            "chosen": chosen.to_dict(),
             "model_path": str(model_path),
         },
     )
-    return RunResult(
-        rows,
-        cv,
-        {m: selections[m].chosen for m in models},
-        chosen_models,
-        report_path,
-        Path(plot_path),
-        model_path,
-        scans,
-    )
+    return RunResult(rows, chosen, report_path, Path(plot_path), model_path, scans)
 
 
 def format_table(result: RunResult) -> str:
     """The result table as Markdown: CV accuracy on train (what chose it) and, when tested, test accuracy / macro-F1."""
     lines = ["| configuration | CV acc. (train) | test acc. | test macro-F1 |", "|---|---|---|---|"]
-    for name, cv in result.cv.items():
-        score = result.rows.get(name)
-        tested = f"{score.accuracy:.4f} | {score.macro_f1:.4f}" if score is not None else "- | -"
-        lines.append(f"| {name} | {cv.accuracy_mean:.4f} ± {cv.accuracy_std:.4f} | {tested} |")
+    for row in result.rows.values():
+        tested = f"{row.test.accuracy:.4f} | {row.test.macro_f1:.4f}" if row.test is not None else "- | -"
+        lines.append(f"| {row.label} | {row.cv.accuracy_mean:.4f} ± {row.cv.accuracy_std:.4f} | {tested} |")
     return "\n".join(lines)
 
 
-def _test(
-    scans: TaskScan,
-    model: str,
-    pooling: str,
-    layers: list[int],
-    train: LabeledTexts,
-    test: LabeledTexts,
-    probe: ProbeConfig,
-) -> TestScore:
-    return score_fusion_on_test(scans, [model], pooling, {model: layers}, train, test, probe)
-
-
 def score_fusion_on_test(
-    scans: TaskScan,
-    models: list[str],
-    pooling: str,
-    layers: dict[str, list[int]],
-    train: LabeledTexts,
-    test: LabeledTexts,
-    probe: ProbeConfig,
+    scans: TaskScan, spec: EmbedderSpec, train: LabeledTexts, test: LabeledTexts, probe: ProbeConfig
 ) -> TestScore:
-    """Test score of fusing ``layers`` of ``models`` (concatenated, the fused embedder's layout) from a scan.
+    """Test score of the embedder ``spec`` (concatenated layers and models, as built) from a scan.
 
     The probe is fit on the whole training split and scored on the test split, so call this only for
     configurations already chosen on training data.
     """
-    train_features = np.concatenate([scans.train[m][pooling].concat(layers[m]) for m in models], axis=1)
-    test_features = np.concatenate([scans.test[m][pooling].concat(layers[m]) for m in models], axis=1)
-    return fit_and_test(train_features, train.labels, test_features, test.labels, probe)
+    return fit_and_test(
+        fused_from_scan(scans.train, spec), train.labels, fused_from_scan(scans.test, spec), test.labels, probe
+    )
 
 
 def _cv_of_all(selection: Selection, models: list[str]) -> ProbeScore:
@@ -249,13 +235,16 @@ def _cv_of_all(selection: Selection, models: list[str]) -> ProbeScore:
     return selection.score
 
 
-def _check_embedder_matches_scan(
-    embedder: Any, scanned: dict, models: list[str], pooling: str, layers: dict[str, list[int]], data: LabeledTexts
-) -> None:
-    """The saved embedder must reproduce the scanned vectors the numbers were computed from."""
+def _check_embedder_matches_scan(embedder: Any, scanned: dict, spec: EmbedderSpec, data: LabeledTexts) -> None:
+    """The saved embedder must reproduce the scanned vectors the numbers were computed from, element-wise
+    within ``CHECK_ATOL + CHECK_RTOL * |scanned|``."""
     sample = data.texts[:8]
-    expected = np.concatenate([scanned[m][pooling].concat(layers[m])[: len(sample)] for m in models], axis=1)
-    difference = float(np.abs(embedder.encode(sample) - expected).max())
-    if difference > 1e-4 * max(1.0, float(np.abs(expected).max())):
-        raise RuntimeError(f"The built embedder differs from the scanned vectors by {difference:.3g}.")
-    logger.info("Built embedder reproduces the scanned vectors (max abs diff %.2g).", difference)
+    expected = fused_from_scan(scanned, spec)[: len(sample)]
+    difference = np.abs(embedder.encode(sample) - expected)
+    excess = difference - (CHECK_ATOL + CHECK_RTOL * np.abs(expected))
+    if (excess > 0).any():
+        raise RuntimeError(
+            f"The built embedder differs from the scanned vectors by up to {difference.max():.3g} (max abs), beyond "
+            f"atol={CHECK_ATOL:g} + rtol={CHECK_RTOL:g} * |scanned value|."
+        )
+    logger.info("Built embedder reproduces the scanned vectors (max abs diff %.2g).", difference.max())

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import torch
 
+from lafusion_st.errors import InvalidArgumentError
 from lafusion_st.modes import POOLING_MODES, PoolingMode
 
 
 def check_pooling_mode(mode: str) -> PoolingMode:
     """Return ``mode`` if it is a known pooling mode, else raise a ``ValueError`` listing the choices."""
     if mode not in POOLING_MODES:
-        raise ValueError(f"Unknown pooling mode {mode!r}; choose one of {list(POOLING_MODES)}.")
+        raise InvalidArgumentError(f"Unknown pooling mode {mode!r}; choose one of {list(POOLING_MODES)}.")
     return mode  # type: ignore[return-value]
 
 

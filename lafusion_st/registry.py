@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lafusion_st.errors import InvalidArgumentError, LafusionError, MissingFileError, UnknownModelError
+
 logger = logging.getLogger(__name__)
 
 MARKER_FILE = "lafusion_materialised.json"
@@ -122,7 +124,7 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
 }
 
 
-class ModelPackageNotInstalledError(ModuleNotFoundError):
+class ModelPackageNotInstalledError(LafusionError, ModuleNotFoundError):
     """The PyPI package carrying an offline model is missing.
 
     A ``ModuleNotFoundError`` so callers that already guard optional imports catch it; the
@@ -189,7 +191,7 @@ def resolve_model(name_or_path: str, cache_dir: str | Path | None = None) -> str
     if path.is_dir():
         return str(path.resolve())
     if path.exists():
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{name_or_path!r} is a file; pass the model folder (with config.json) instead. "
             f"GGUF files are supported through the short names {_short_names()}."
         )
@@ -198,7 +200,7 @@ def resolve_model(name_or_path: str, cache_dir: str | Path | None = None) -> str
         return cached
     looks_like_path = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
     what = "No such local folder" if looks_like_path else "Not a known model"
-    raise FileNotFoundError(
+    raise (MissingFileError if looks_like_path else UnknownModelError)(
         f"{what}: {name_or_path!r}. lafusion works offline and never downloads from the "
         f"Hugging Face hub. Use one of the short names {_short_names()}, pass the path of a "
         f"local model folder, or a hub id that is already in the local Hugging Face cache."
@@ -226,7 +228,7 @@ def materialise(name: str, cache_dir: str | Path | None = None, *, force: bool =
     """
     model = OFFLINE_MODELS.get(name)
     if model is None or model.source == "folder":
-        raise KeyError(
+        raise UnknownModelError(
             f"{name!r} is not a GGUF model to materialise; choose from "
             f"{[m.name for m in OFFLINE_MODELS.values() if m.source != 'folder']}"
         )

@@ -47,10 +47,12 @@ from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 from transformers import AutoConfig
 
+from lafusion_st.fusion import fuse
 from lafusion_st.layers import resolve_layers
 from lafusion_st.modules import TruncatedTransformer
 from lafusion_st.pooling import PoolingMode, check_pooling_mode, pool
 from lafusion_st.registry import CACHE_ENV, resolve_model
+from lafusion_st.spec import EmbedderSpec
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ TENSOR_NAME = "layers"
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_CHUNK_SIZE = 512
 """Texts per resumable chunk: an interrupted scan loses at most this many texts of work."""
-DEFAULT_MAX_SEQ_LENGTH = 256
+DEFAULT_MAX_SEQ_LENGTH = EmbedderSpec.max_seq_length
 
 
 class ScanCacheWarning(UserWarning):
@@ -107,6 +109,30 @@ class TaskScan:
 
     train: dict[str, dict[str, LayerVectors]] = field(default_factory=dict)
     test: dict[str, dict[str, LayerVectors]] | None = None
+
+
+def fused_from_scan(scanned: dict[str, dict[str, LayerVectors]], spec: EmbedderSpec) -> np.ndarray:
+    """``[N, dim]``: the vectors the embedder ``spec`` gives for the scanned texts, fused from cached layers.
+
+    The same :func:`~lafusion_st.fusion.fuse` as ``LayerSelect`` and ``MultiModelFuse``, in the same order
+    (layers ascending, models as listed), so a view of a scan needs no further model pass: how the search
+    scores configurations and how eval evaluates many of them over one scan.
+
+    Args:
+        scanned: ``model -> pooling -> LayerVectors`` of one text list (``TaskScan.train`` or ``.test``).
+        spec: The embedder; ``weighted`` fusion is refused (its weights live in a built model).
+    """
+    if "weighted" in (spec.fusion, spec.model_fusion):
+        raise ValueError(f"{spec.name}: weighted fusion needs trained weights; encode with the built model.")
+    per_model = [
+        fuse(
+            [torch.from_numpy(vectors.vectors[layer]) for layer in resolve_layers(layers, vectors.num_hidden_layers)],
+            spec.fusion,
+        )
+        for model, layers, pooling in zip(spec.models, spec.layers, spec.pooling, strict=True)
+        for vectors in [scanned[model][pooling]]
+    ]
+    return (per_model[0] if len(per_model) == 1 else fuse(per_model, spec.model_fusion)).numpy()
 
 
 def default_scan_cache_dir() -> Path:

@@ -23,7 +23,7 @@ import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf, NoSuchFile
 
 from onnx_export.errors import ExportedModelError
-from onnx_export.manifest import DTYPES, read_manifest, verify_files, verify_tokenizer
+from onnx_export.manifest import DTYPES, read_manifest, spec_of, verify_files, verify_tokenizer
 from onnx_export.providers import PROVIDERS, check_session_providers, requested_providers
 from onnx_export.tokenization import MemberTokenizer
 
@@ -81,6 +81,7 @@ class ORTFusedEncoder:
         fusion = self.manifest["model_fusion"]
         self.fusion_session = self._session(self.path, fusion) if fusion is not None else None
         self.embedding_dimension = int(self.manifest["embedding_dimension"])
+        self.spec = spec_of(self.manifest)
 
     # ------------------------------------------------------------------------------------- loading
     def _load_member(self, spec: dict[str, Any]) -> _Member:

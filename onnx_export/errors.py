@@ -1,18 +1,22 @@
 """Typed errors of the ONNX route, so callers (and tests) can tell one failure from another.
 
 Each is a subclass of the built-in exception a user would expect (``ValueError`` for bad arguments or data,
-``RuntimeError`` for an environment that cannot do what was asked), so generic handlers keep working.
+``RuntimeError`` for an environment that cannot do what was asked), so generic handlers keep working, and
+of ``lafusion_st.errors.LafusionError`` (except ``ParityError``, a failed self-check rather than a user error),
+so the ``lafusion`` command reports them in one line.
 Torch-free: the encoder raises these on machines that have only onnxruntime, numpy and tokenizers.
 """
 
 from __future__ import annotations
 
+from lafusion_st.errors import InvalidArgumentError, LafusionError
 
-class UnsupportedArchitectureError(ValueError):
+
+class UnsupportedArchitectureError(InvalidArgumentError):
     """Optimum's ONNX exporter has no configuration for the backbone's architecture."""
 
 
-class ExportedModelError(ValueError):
+class ExportedModelError(InvalidArgumentError):
     """An exported folder is incomplete or damaged: missing manifest, missing/truncated/corrupt graph file."""
 
 
@@ -20,7 +24,7 @@ class TokenizerMismatchError(ExportedModelError):
     """The tokenizer file in an exported folder is not the one the graph was exported with."""
 
 
-class ProviderUnavailableError(RuntimeError):
+class ProviderUnavailableError(LafusionError, RuntimeError):
     """An execution provider was asked for explicitly and ONNX Runtime cannot use it here."""
 
 

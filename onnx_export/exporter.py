@@ -29,6 +29,7 @@ from sentence_transformers import SentenceTransformer
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from lafusion_st.modules import LayerSelect, MultiModelFuse, TruncatedTransformer
+from lafusion_st.spec import read_spec_file
 from onnx_export import manifest as manifest_io
 from onnx_export.encoder import ORTFusedEncoder
 from onnx_export.errors import UnsupportedArchitectureError
@@ -129,6 +130,7 @@ def export(
         "members": member_specs,
         "variants": {dtype: {"optimized": optimize} for dtype in dtypes},
         "versions": _versions(),
+        "spec": _spec(model_or_path, model),
     }
     manifest_io.write_manifest(out_dir, manifest)
     if validate:
@@ -155,6 +157,14 @@ def _load(model_or_path: SentenceTransformer | str | Path) -> SentenceTransforme
     if model.device.type != "cpu":
         raise ValueError(f"Export traces on CPU; the model is on {model.device}. Call model.to('cpu') first.")
     return model.eval()
+
+
+def _spec(model_or_path: SentenceTransformer | str | Path, model: SentenceTransformer) -> dict[str, Any] | None:
+    """The exported embedder's spec: carried by a built model, or recorded in a saved folder."""
+    spec = getattr(model, "spec", None)
+    if spec is None and not isinstance(model_or_path, SentenceTransformer):
+        spec = read_spec_file(model_or_path)
+    return spec.to_dict() if spec is not None else None
 
 
 def _prepare_out_dir(out_dir: str | Path) -> Path:

@@ -28,7 +28,8 @@ Schema (format version 1)::
         "graphs": {dtype: {"file": "model.onnx", "files": {name: {"bytes": int, "sha256": str}}}}
       }],
       "variants": {dtype: {"optimized": bool, "max_abs_diff": float, "min_cosine": float}},
-      "versions": {distribution: version}
+      "versions": {distribution: version},
+      "spec": null | {...}       # the EmbedderSpec exported (lafusion_st.spec), absent in older exports
     }
 """
 
@@ -39,6 +40,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lafusion_st.errors import InvalidArgumentError
+from lafusion_st.spec import EmbedderSpec
 from onnx_export.errors import ExportedModelError, TokenizerMismatchError
 
 MANIFEST_FILE = "lafusion_onnx.json"
@@ -98,6 +101,22 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
             f"this onnx_export reads version {FORMAT_VERSION}."
         )
     return manifest
+
+
+def spec_of(manifest: dict[str, Any]) -> EmbedderSpec | None:
+    """The embedder spec recorded in a manifest, or ``None`` (an export of a model without one, or an export
+    written before specs were recorded).
+
+    Raises:
+        ExportedModelError: The recorded spec is invalid.
+    """
+    recorded = manifest.get("spec")
+    if recorded is None:
+        return None
+    try:
+        return EmbedderSpec.from_dict(recorded)
+    except InvalidArgumentError as error:
+        raise ExportedModelError(f"{MANIFEST_FILE}: invalid spec ({error}); re-export the model.") from error
 
 
 def verify_files(folder: str | Path, records: dict[str, dict[str, Any]]) -> None:

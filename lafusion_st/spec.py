@@ -1,0 +1,356 @@
+"""What defines an embedder (``EmbedderSpec``) and what defines a search (``ScanSettings``, ``RunSettings``).
+
+Why one home: the CLI, the builder, reports, the eval scripts and the ONNX manifest all describe the same
+few settings. Each is declared here once, with its default, and passed around as one frozen object, as
+setfit passes its ``TrainingArguments``. Standard library only (no torch, no transformers), so the command
+line can build its parser and a deployment can read a spec without the training stack.
+
+A saved embedder folder records its spec in ``lafusion_spec.json`` (:func:`write_spec_file`), and
+``EmbedderSpec.name`` is the configuration's MTEB name: it changes whenever a setting that changes the
+vectors changes, while settings at their default are left out, so that adding a field with a default keeps
+every existing name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lafusion_st.errors import InvalidArgumentError
+from lafusion_st.modes import FUSION_MODES, POOLING_MODES, FusionMode, PoolingMode
+
+if TYPE_CHECKING:
+    from lafusion_st.model import FusedSentenceTransformer
+    from lafusion_st.probe import ProbeConfig
+
+SPEC_FILE = "lafusion_spec.json"
+SPEC_FORMAT = "lafusion-spec"
+SPEC_FORMAT_VERSION = 1
+NAMESPACE = "lafusion"
+"""The organisation part of every configuration's MTEB name."""
+
+
+@dataclass(frozen=True)
+class EmbedderSpec:
+    """One fused embedder: which models, which layers, how they are pooled and fused, at what length.
+
+    Single settings are broadcast to every model: ``EmbedderSpec("smollm2-135m", [12, 16])`` and
+    ``EmbedderSpec(["smollm2-135m", "gemma3-270m"], [[15], [9]], pooling="last")`` are both valid; the
+    stored fields are always one tuple entry per model.
+
+    Attributes:
+        models: Model short names, local folders or cached hub ids.
+        layers: ``hidden_states`` indices per model (0 = embeddings, negative from the end until
+            :meth:`resolved`).
+        pooling: Token pooling per model (``mean``, ``last``, ``max``).
+        fusion: How each model's layers are fused.
+        model_fusion: How the models' vectors are fused (several models only).
+        max_seq_length: Token limit per text (longer texts are truncated, with one warning).
+    """
+
+    models: tuple[str, ...]
+    layers: tuple[tuple[int, ...], ...]
+    pooling: tuple[PoolingMode, ...] = "mean"
+    fusion: FusionMode = "concat"
+    model_fusion: FusionMode = "concat"
+    max_seq_length: int = 256
+
+    def __post_init__(self) -> None:
+        models = (self.models,) if isinstance(self.models, str) else tuple(self.models)
+        if not models or not all(isinstance(model, str) and model for model in models):
+            raise InvalidArgumentError(f"Give at least one model name, got {self.models!r}.")
+        if len(set(models)) != len(models):
+            raise InvalidArgumentError(f"Models are named more than once: {list(models)}.")
+        object.__setattr__(self, "models", models)
+        object.__setattr__(self, "layers", _per_model(self.layers, models, "layers", _is_layer_list))
+        for model_layers in self.layers:
+            if not model_layers:
+                raise InvalidArgumentError(f"Select at least one layer per model, got {self.layers}.")
+        object.__setattr__(self, "layers", tuple(tuple(layers) for layers in self.layers))
+        object.__setattr__(self, "pooling", _per_model(self.pooling, models, "pooling", lambda v: isinstance(v, str)))
+        for pooling in self.pooling:
+            _check_choice("pooling", pooling, POOLING_MODES)
+        _check_choice("fusion", self.fusion, FUSION_MODES)
+        _check_choice("model_fusion", self.model_fusion, FUSION_MODES)
+        if isinstance(self.max_seq_length, bool) or not isinstance(self.max_seq_length, int) or self.max_seq_length < 1:
+            raise InvalidArgumentError(f"max_seq_length must be a positive integer, got {self.max_seq_length!r}.")
+
+    @property
+    def name(self) -> str:
+        """The MTEB model name, e.g. ``lafusion/smollm2-135m__L12-16-20__mean__concat``.
+
+        Layers are named in ascending order (the order fusion uses), models are joined with ``+``, and
+        several models get the model fusion as a last part; a model's pooling is
+        named per model only when the models differ in it. Settings added later appear only when they
+        differ from their default (``__len128`` for ``max_seq_length=128``), so old names stay valid.
+
+        Raises:
+            InvalidArgumentError: If a layer index is still negative (``-1`` and ``30`` of a 30-layer model
+                must not give two names): use :meth:`resolved` first.
+        """
+        if any(layer < 0 for layers in self.layers for layer in layers):
+            raise InvalidArgumentError(
+                f"Layers {[list(layers) for layers in self.layers]} count from the end; name the resolved "
+                "spec (spec.resolved()) so that one configuration has one name."
+            )
+        uniform = len(set(self.pooling)) == 1
+        members = "+".join(
+            f"{Path(model).name}__L{'-'.join(str(layer) for layer in sorted(layers))}"
+            + ("" if uniform else f"__{pooling}")
+            for model, layers, pooling in zip(self.models, self.layers, self.pooling, strict=True)
+        )
+        parts = [members, self.pooling[0] if uniform else "mixed", self.fusion]
+        if len(self.models) > 1:
+            parts.append(self.model_fusion)
+        parts += [f"{_NAME_TAGS[key]}{value}" for key, value in self._changed_optional_settings().items()]
+        return f"{NAMESPACE}/{'__'.join(parts)}"
+
+    def resolved(self, cache_dir: str | Path | None = None) -> EmbedderSpec:
+        """The same spec with every layer index non-negative and sorted (reads each model's config)."""
+        from lafusion_st.builders import model_depth
+        from lafusion_st.layers import resolve_layers
+
+        layers = tuple(
+            tuple(resolve_layers(model_layers, model_depth(model, cache_dir)))
+            for model, model_layers in zip(self.models, self.layers, strict=True)
+        )
+        return dataclasses.replace(self, layers=layers)
+
+    def build(self, device: str | None = None, cache_dir: str | Path | None = None) -> FusedSentenceTransformer:
+        """The fused ``SentenceTransformer`` this spec describes (see :func:`lafusion_st.builders.build`)."""
+        from lafusion_st.builders import build
+
+        return build(self, device=device, cache_dir=cache_dir)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types; a single pooling is written once."""
+        return {
+            "models": list(self.models),
+            "layers": [list(layers) for layers in self.layers],
+            "pooling": self.pooling[0] if len(set(self.pooling)) == 1 else list(self.pooling),
+            "fusion": self.fusion,
+            "model_fusion": self.model_fusion,
+            "max_seq_length": self.max_seq_length,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EmbedderSpec:
+        """Inverse of :meth:`to_dict`; missing optional settings take their defaults, unknown keys fail."""
+        if not isinstance(data, dict):
+            raise InvalidArgumentError(f"An embedder spec is a JSON object, got {type(data).__name__}.")
+        known = {spec_field.name for spec_field in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidArgumentError(f"Unknown embedder spec keys {unknown}; known: {sorted(known)}.")
+        missing = [key for key in ("models", "layers") if key not in data]
+        if missing:
+            raise InvalidArgumentError(f"The embedder spec lacks {missing}.")
+        return cls(**data)
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+        """The CLI argument group of a spec (``--model``, ``--layers``, ``--pooling``, ...)."""
+        group = parser.add_argument_group("embedder")
+        group.add_argument(
+            "--model", "-m", action="append", dest="models", required=required,
+            help="model short name (see `lafusion models`), local folder or cached hub id; repeat for "
+            "multi-model fusion",
+        )  # fmt: skip
+        group.add_argument(
+            "--layers", "-l", action="append", type=parse_layers, required=required,
+            help="comma-separated hidden_states indices (0 = embeddings, -1 = last); once, or once per --model",
+        )  # fmt: skip
+        group.add_argument(
+            "--pooling", action="append", choices=POOLING_MODES,
+            help=f"token pooling per layer; once, or once per --model (default: {EmbedderSpec.pooling})",
+        )  # fmt: skip
+        group.add_argument(
+            "--fusion", choices=FUSION_MODES, help=f"how a model's layers are fused (default: {EmbedderSpec.fusion})"
+        )
+        group.add_argument(
+            "--model-fusion",
+            choices=FUSION_MODES,
+            help=f"how several models are fused (default: {EmbedderSpec.model_fusion})",
+        )
+        add_max_seq_length_argument(group)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> EmbedderSpec:
+        """The spec of parsed :meth:`add_arguments` arguments; options not given keep the defaults."""
+        settings = {
+            "pooling": args.pooling[0] if args.pooling and len(args.pooling) == 1 else args.pooling,
+            "fusion": args.fusion,
+            "model_fusion": args.model_fusion,
+            "max_seq_length": args.max_seq_length,
+        }
+        layers = args.layers[0] if len(args.layers) == 1 else args.layers
+        return cls(args.models, layers, **{key: value for key, value in settings.items() if value is not None})
+
+    def _changed_optional_settings(self) -> dict[str, Any]:
+        """Settings named only when they differ from their default (see :attr:`name`)."""
+        defaults = {spec_field.name: spec_field.default for spec_field in dataclasses.fields(self)}
+        return {key: getattr(self, key) for key in _NAME_TAGS if getattr(self, key) != defaults[key]}
+
+
+_NAME_TAGS = {"max_seq_length": "len"}
+"""Settings added to the name only when not at their default, with the tag that precedes the value."""
+
+
+@dataclass(frozen=True)
+class ScanSettings:
+    """What ``lafusion scan`` does: poolings computed from one forward pass, token limit, batch size."""
+
+    poolings: tuple[PoolingMode, ...] = (EmbedderSpec.pooling,)
+    max_seq_length: int = EmbedderSpec.max_seq_length
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "poolings", tuple(self.poolings))
+        for pooling in self.poolings:
+            _check_choice("pooling", pooling, POOLING_MODES)
+
+
+def _default_probe() -> ProbeConfig:
+    from lafusion_st.probe import ProbeConfig  # scikit-learn: imported only when a search runs
+
+    return ProbeConfig()
+
+
+@dataclass
+class RunSettings:
+    """What ``lafusion select`` / ``run`` search over and how; the defaults are those of the CLI.
+
+    Attributes:
+        pooling: Pooling of every scanned and chosen layer.
+        max_seq_length: Token limit, of the scan and of the built embedder.
+        batch_size: Scan batch size.
+        threshold: Smallest CV accuracy gain that adds a layer or a model (0.002 = 0.2 points).
+        max_layers: Most layers fused per model.
+        probe: The linear probe's settings (CV folds, seed, ...).
+    """
+
+    pooling: PoolingMode = EmbedderSpec.pooling
+    max_seq_length: int = EmbedderSpec.max_seq_length
+    batch_size: int = ScanSettings.batch_size
+    threshold: float = 0.002
+    max_layers: int = 4
+    probe: ProbeConfig = field(default_factory=_default_probe)
+
+    @property
+    def scan(self) -> ScanSettings:
+        return ScanSettings((self.pooling,), self.max_seq_length, self.batch_size)
+
+    def spec(self, models: Sequence[str], layers: Sequence[Sequence[int]]) -> EmbedderSpec:
+        """The embedder of chosen ``layers`` of ``models`` under these settings."""
+        return EmbedderSpec(
+            tuple(models), tuple(tuple(ls) for ls in layers), self.pooling, max_seq_length=self.max_seq_length
+        )
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        """``--pooling``, ``--max-seq-length``, ``--batch-size``, ``--threshold``, ``--max-layers``."""
+        parser.add_argument(
+            "--pooling", choices=POOLING_MODES, default=RunSettings.pooling,
+            help=f"token pooling (default: {RunSettings.pooling})",
+        )  # fmt: skip
+        add_max_seq_length_argument(parser)
+        parser.add_argument(
+            "--batch-size", type=int, default=RunSettings.batch_size, help=f"default: {RunSettings.batch_size}"
+        )
+        parser.add_argument(
+            "--threshold", type=float, default=RunSettings.threshold,
+            help=f"smallest CV accuracy gain that adds a layer or a model (default: {RunSettings.threshold})",
+        )  # fmt: skip
+        parser.add_argument(
+            "--max-layers", type=int, default=RunSettings.max_layers,
+            help=f"most layers fused per model (default: {RunSettings.max_layers})",
+        )  # fmt: skip
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, probe: ProbeConfig | None = None) -> RunSettings:
+        return cls(
+            pooling=args.pooling,
+            max_seq_length=args.max_seq_length or cls.max_seq_length,
+            batch_size=args.batch_size,
+            threshold=args.threshold,
+            max_layers=args.max_layers,
+            probe=probe if probe is not None else _default_probe(),
+        )
+
+
+def add_max_seq_length_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--max-seq-length`` (``None`` when not given, so the spec's default applies)."""
+    parser.add_argument(
+        "--max-seq-length", type=int, help=f"token limit per text (default: {EmbedderSpec.max_seq_length})"
+    )
+
+
+def parse_layers(text: str) -> list[int]:
+    """``"12,16,20"`` or ``"-1"`` -> a list of ints (argparse type)."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"layers must be comma-separated integers, got {text!r}") from error
+
+
+def write_spec_file(folder: str | Path, spec: EmbedderSpec) -> Path:
+    """Record ``spec`` in a saved embedder folder as ``lafusion_spec.json``."""
+    path = Path(folder, SPEC_FILE)
+    document = {"format": SPEC_FORMAT, "format_version": SPEC_FORMAT_VERSION, "spec": spec.to_dict()}
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def read_spec_file(folder: str | Path) -> EmbedderSpec | None:
+    """The spec recorded in a saved folder, or ``None`` for a folder saved before specs were recorded.
+
+    Raises:
+        InvalidArgumentError: The file exists but is not a valid spec of a format this version reads.
+    """
+    path = Path(folder, SPEC_FILE)
+    if not path.is_file():
+        return None
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InvalidArgumentError(f"{path} is not valid JSON ({error}).") from error
+    if not isinstance(document, dict) or document.get("format") != SPEC_FORMAT:
+        raise InvalidArgumentError(f"{path} is not a {SPEC_FORMAT} file.")
+    if document.get("format_version") != SPEC_FORMAT_VERSION:
+        raise InvalidArgumentError(
+            f"{path} has format_version {document.get('format_version')!r}; this lafusion reads "
+            f"version {SPEC_FORMAT_VERSION}."
+        )
+    try:
+        return EmbedderSpec.from_dict(document.get("spec"))
+    except InvalidArgumentError as error:
+        raise InvalidArgumentError(f"{path}: {error}") from error
+
+
+def _is_layer_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(layer, int) and not isinstance(layer, bool) for layer in value
+    )
+
+
+def _per_model(value: Any, models: tuple[str, ...], name: str, is_item) -> tuple:
+    """Broadcast a single setting to every model, or check there is one per model."""
+    if is_item(value):
+        return (value,) * len(models)
+    values = tuple(value) if isinstance(value, (list, tuple)) else ()
+    if len(values) != len(models) or not all(is_item(item) for item in values):
+        raise InvalidArgumentError(
+            f"{name} must be one setting for all {len(models)} models or a list of {len(models)} settings "
+            f"(models {list(models)}), got {value!r}."
+        )
+    return values
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise InvalidArgumentError(f"Unknown {name} {value!r}; choose one of {list(allowed)}.")
