@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import warnings
 
 import numpy as np
 import pytest
+import torch
 from conftest import SENTENCES
 
 from lafusion_st import build_fused_model
+from lafusion_st.fusion import fuse
 from lafusion_st.modules import TruncatedTransformer
 from lafusion_st.pooling import POOLING_MODES
-from lafusion_st.scan import LayerScanner, ScanCacheWarning, scan, scan_task
+from lafusion_st.scan import LayerScanner, ScanCacheWarning, fused_from_scan, scan, scan_task
+from lafusion_st.spec import EmbedderSpec
 
 TEXTS = [*SENTENCES, "", "good", "the stock market rose and the company reported a profit", "bad film"]
 
@@ -228,3 +232,19 @@ def test_scan_rejects_bad_input(tiny_models: dict[str, str], tmp_path, texts, po
 def test_scan_rejects_bad_sizes(tiny_models: dict[str, str], tmp_path) -> None:
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         _scanner(tiny_models["llama"], tmp_path, batch_size=0)
+
+
+@pytest.mark.parametrize(
+    ("fusion", "model_fusion", "pooling"),
+    [("concat", "concat", "mean"), ("mean", "sum", "last"), ("sum", "mean", "max")],
+)
+def test_fused_view_of_a_scan_equals_the_built_embedder(tiny_models, tmp_path, fusion, model_fusion, pooling) -> None:
+    spec = EmbedderSpec([tiny_models["llama"], tiny_models["qwen2"]], [[1, 3], [2, 4]], pooling, fusion, model_fusion)
+    scanned = scan_task(spec.models, TEXTS, poolings=[pooling], cache_dir=tmp_path, show_progress_bar=False).train
+    view = fused_from_scan(scanned, spec)
+    np.testing.assert_allclose(view, spec.build().encode(TEXTS, batch_size=len(TEXTS)), atol=1e-5, rtol=1e-5)
+    single = dataclasses.replace(spec, models=spec.models[:1], layers=((-1, 0),), pooling=(pooling,))
+    expected = fuse([torch.from_numpy(scanned[spec.models[0]][pooling].vectors[layer]) for layer in (0, 4)], fusion)
+    np.testing.assert_array_equal(fused_from_scan(scanned, single), expected.numpy())
+    with pytest.raises(ValueError, match="weighted fusion needs trained weights"):
+        fused_from_scan(scanned, dataclasses.replace(spec, fusion="weighted"))
