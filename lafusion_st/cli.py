@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from lafusion_st.data import BUNDLED_DATASETS
 from lafusion_st.errors import InvalidArgumentError, LafusionError, MissingFileError
@@ -53,6 +54,8 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
     texts = list(args.texts)
     if args.input:
+        if not Path(args.input).is_file():
+            raise MissingFileError(f"No such file: {args.input}")
         with open(args.input, encoding="utf-8") as handle:
             texts += [line.rstrip("\n") for line in handle]
     if not texts:
@@ -177,8 +180,6 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     """Evaluate a saved embedder (SentenceTransformer folder, or an ONNX export) on MTEB tasks."""
-    from pathlib import Path
-
     from lafusion_st.evaluation import evaluate_encoder
     from lafusion_st.mteb_tasks import get_tasks
 

@@ -22,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf, NoSuchFile
 
+from lafusion_st.errors import InvalidArgumentError
 from onnx_export.errors import ExportedModelError
 from onnx_export.manifest import DTYPES, read_manifest, spec_of, verify_files, verify_tokenizer
 from onnx_export.providers import PROVIDERS, check_session_providers, requested_providers
@@ -64,13 +65,13 @@ class ORTFusedEncoder:
         self, path: str | Path, provider: str = "auto", dtype: str = "fp32", num_threads: int | None = None
     ) -> None:
         if provider not in PROVIDERS:
-            raise ValueError(f"Unknown provider {provider!r}; choose one of {list(PROVIDERS)}.")
+            raise InvalidArgumentError(f"Unknown provider {provider!r}; choose one of {list(PROVIDERS)}.")
         if dtype not in DTYPES:
-            raise ValueError(f"Unknown dtype {dtype!r}; choose one of {list(DTYPES)}.")
+            raise InvalidArgumentError(f"Unknown dtype {dtype!r}; choose one of {list(DTYPES)}.")
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
         if dtype not in self.manifest["dtypes"]:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{self.path} has no {dtype} graphs (exported: {self.manifest['dtypes']}); re-export with "
                 f"onnx_export.export(..., dtypes=('fp32', '{dtype}')) or `lafusion export --dtype {dtype}`."
             )

@@ -5,12 +5,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-from sentence_transformers import SentenceTransformer
+from mteb.results import TaskResult
 
 from lafusion_st.cli import main
+from lafusion_st.data import DataFormatError, load_task
+from lafusion_st.model import FusedSentenceTransformer
+from lafusion_st.probe import ProbeConfig, fit_and_test
+from lafusion_st.spec import EmbedderSpec
+from onnx_export import ORTFusedEncoder
 
 POSITIVE = ["good film", "great fun movie", "i loved the story", "very good actors", "fun plot", "really great film"]
 NEGATIVE = [
@@ -60,32 +66,60 @@ def test_run_on_user_files_writes_report_plot_and_model(tiny_models, task_files,
     assert "last layer [4]" in printed and "multi-model" in printed
     report = json.loads((out / "report.json").read_text())
     assert set(report["models"]) == {tiny_models["llama"], tiny_models["bert"]}
-    assert all(0.0 <= row["accuracy"] <= 1.0 for row in report["test"].values())
     assert (out / "layer_curves.png").read_bytes()[:4] == b"\x89PNG"
-    model = SentenceTransformer(str(out / "model"))
-    assert model.encode(["good film"]).shape[1] == model.get_embedding_dimension()
+    # The reported test score of the chosen embedder is what a probe on the saved model's vectors scores.
+    chosen = EmbedderSpec.from_dict(report["settings"]["chosen"])
+    model = FusedSentenceTransformer(str(out / "model"))
+    assert model.spec == chosen
+    prefix = "greedy models" if len(chosen.models) < 2 else "multi-model"
+    (label,) = [label for label in report["test"] if label.startswith(prefix)]
+    train_data, test_data = load_task(None, str(train), str(test))
+    vectors = {split: model.encode(data.texts) for split, data in (("train", train_data), ("test", test_data))}
+    expected = fit_and_test(vectors["train"], train_data.labels, vectors["test"], test_data.labels, ProbeConfig())
+    accuracy = report["test"][label]["accuracy"]
+    assert accuracy == pytest.approx(expected.accuracy, abs=1e-12)
+    assert accuracy * len(test_data) == pytest.approx(round(accuracy * len(test_data)), abs=1e-9)  # k of 12 right
+    assert f"| {label} |" in printed
 
 
-def test_wrong_column_and_conflicting_task_arguments(tiny_models, task_files, tmp_path) -> None:
+def test_user_errors_print_one_line_and_exit_2_debug_shows_the_traceback(tiny_models, task_files, capsys) -> None:
     train, _ = task_files
-    with pytest.raises(ValueError, match=r"line 1: no 'sentiment' field; fields present: \['text', 'label'\]"):
-        main(
-            [
-                "select",
-                "--train",
-                str(train),
-                "--test",
-                str(train),
-                "--label-col",
-                "sentiment",
-                "-m",
-                tiny_models["llama"],
-                "-o",
-                str(tmp_path / "x"),
-            ]
-        )
-    with pytest.raises(SystemExit, match="either --task"):
-        main(["select", "--task", "sst2", "--train", str(train), "-m", tiny_models["llama"]])
+    select = [
+        "select",
+        "--train",
+        str(train),
+        "--test",
+        str(train),
+        "--label-col",
+        "sentiment",
+        "-m",
+        tiny_models["llama"],
+    ]
+    assert main(select) == 2
+    error = capsys.readouterr().err
+    assert error == (
+        f"lafusion select: error: {train}: line 1: no 'sentiment' field; fields present: ['text', 'label']\n"
+    )
+    with pytest.raises(DataFormatError, match="no 'sentiment' field") as raised:
+        main(["--debug", *select])
+    assert isinstance(raised.value, ValueError)  # existing ``except ValueError`` handlers still catch it
+    for argv, message in (
+        (["select", "--task", "sst2", "--train", str(train), "-m", tiny_models["llama"]], "either --task"),
+        (["build", "-m", tiny_models["llama"], "-l", "9", "-o", "x"], "Layer 9 is out of range"),
+        (["build", "-m", "no-such-model", "-l", "1", "-o", "x"], "Not a known model: 'no-such-model'"),
+        (["embed", "--input", str(train) + ".missing", "-m", tiny_models["llama"], "-l", "1"], "No such file"),
+        (["eval", str(train) + ".missing"], "No such folder"),
+        (["embed", "text"], "give --saved FOLDER, or --model and --layers"),
+    ):
+        assert main(argv) == 2, argv
+        printed = capsys.readouterr().err
+        assert printed.startswith(f"lafusion {argv[0]}: error: ") and message in printed and printed.count("\n") == 1
+
+
+def test_other_exceptions_keep_their_traceback(tiny_models, monkeypatch) -> None:
+    monkeypatch.setattr(EmbedderSpec, "build", lambda self: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["build", "-m", tiny_models["llama"], "-l", "1", "-o", "x"])
 
 
 def test_build_and_embed(tiny_models, tmp_path, capsys) -> None:
@@ -101,39 +135,26 @@ def test_eval_scores_a_saved_embedder_and_its_onnx_export_alike(tiny_models, tmp
     main(["build", "-m", tiny_models["llama"], "-l", "1,-1", "-o", str(saved)])
     main(["export", str(saved), str(exported)])
     scores = {}
-    for folder, name in ((saved, "tiny/torch"), (exported, "tiny/onnx")):
-        main(
-            [
-                "eval",
-                str(folder),
-                "--task",
-                "sst2",
-                "--protocol",
-                "paper",
-                "--max-train",
-                "40",
-                "--max-test",
-                "20",
-                "--results-folder",
-                str(results),
-                "--name",
-                name,
-            ]
-        )
+    spec_name = FusedSentenceTransformer(str(saved)).spec.name  # eval names results from the recorded spec
+    assert spec_name == f"lafusion/{Path(tiny_models['llama']).name}__L1-4__mean__concat"
+    assert ORTFusedEncoder(exported).spec == FusedSentenceTransformer(str(saved)).spec  # the manifest records it
+    for folder, name in ((saved, spec_name), (exported, "tiny/onnx")):
+        arguments = ["eval", str(folder), "--task", "sst2", "--protocol", "paper", "--max-train", "40"]
+        arguments += ["--max-test", "20", "--results-folder", str(results)]
+        assert main(arguments + (["--name", name] if folder == exported else [])) == 0
         line = next(line for line in capsys.readouterr().out.splitlines() if "main score" in line)
         scores[name] = float(line.split()[-1])
-        result_files = list((results / "results" / name.replace("/", "__")).rglob("*.json"))
-        assert any(json.loads(path.read_text()).get("task_name", "").startswith("SST2") for path in result_files)
+        (result_file,) = (results / "results" / name.replace("/", "__")).rglob("SST2*.json")
+        assert scores[name] == round(TaskResult.from_disk(result_file).get_score(), 4)
     metas = {
         name: json.loads(next((results / "results" / name.replace("/", "__")).rglob("model_meta.json")).read_text())
         for name in scores
     }
-    assert metas["tiny/onnx"]["framework"] == ["ONNX"] and "PyTorch" in metas["tiny/torch"]["framework"]
-    assert metas["tiny/onnx"]["n_parameters"] == metas["tiny/torch"]["n_parameters"] > 0
-    assert 0.0 <= scores["tiny/torch"] <= 1.0
-    assert scores["tiny/onnx"] == pytest.approx(scores["tiny/torch"], abs=0.051)  # at most one of 20 test texts flips
+    assert metas["tiny/onnx"]["framework"] == ["ONNX"] and "PyTorch" in metas[spec_name]["framework"]
+    assert metas["tiny/onnx"]["n_parameters"] == metas[spec_name]["n_parameters"] > 0
+    assert scores["tiny/onnx"] == scores[spec_name]  # vectors equal to 1e-5: every prediction is the same
     with pytest.raises(ValueError, match="has no fp16 graphs"):
-        main(["eval", str(exported), "--dtype", "fp16", "--task", "sst2", "--results-folder", str(results)])
+        main(["--debug", "eval", str(exported), "--dtype", "fp16", "--task", "sst2", "--results-folder", str(results)])
 
 
 def test_help_answers_without_importing_torch_or_mteb() -> None:

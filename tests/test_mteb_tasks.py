@@ -20,10 +20,8 @@ from lafusion_st.data import LabeledTexts, load_bundled
 from lafusion_st.evaluation import (
     CachedEncoder,
     ResultsFolderError,
-    configuration_name,
     evaluate_encoder,
     make_model_meta,
-    measure_cost,
 )
 from lafusion_st.mteb_tasks import (
     PROTOCOLS,
@@ -33,6 +31,7 @@ from lafusion_st.mteb_tasks import (
     get_tasks,
     task_variant,
 )
+from lafusion_st.spec import EmbedderSpec
 
 EXPECTED_SIZES = {"sst2": (67349, 872, 2), "mr": (7108, 3554, 2), "r8": (5485, 2189, 8), "r52": (6532, 2568, 52)}
 DIMENSION = 16
@@ -148,7 +147,7 @@ def test_protocols_train_on_the_expected_rows_and_each_text_is_encoded_once(tmp_
 
 def test_fused_model_writes_mteb_results_with_its_model_meta(tiny_models: dict[str, str], tmp_path: Path) -> None:
     model = build_fused_model(tiny_models["llama"], layers=[2, 4])
-    name = configuration_name(["tiny-llama"], [[2, 4]], "mean", "concat")
+    name = EmbedderSpec("tiny-llama", [2, 4]).name
     tasks = get_tasks(["sst2"], max_train=40, max_test=20) + get_tasks(
         ["sst2"], protocol="paper", max_train=40, max_test=20
     )
@@ -239,25 +238,3 @@ def test_model_meta_of_a_non_torch_encoder_needs_what_cannot_be_read() -> None:
     with pytest.raises(ValueError, match="organisation/model"):
         make_model_meta(HashingEncoder(), "hashing", revision="r", n_parameters=0, framework=["NumPy"])
     assert hashing_meta(HashingEncoder()).embed_dim == DIMENSION
-
-
-def test_configuration_names() -> None:
-    assert (
-        configuration_name(["smollm2-135m"], [[12, 16, 20]], "mean", "concat")
-        == "lafusion/smollm2-135m__L12-16-20__mean__concat"
-    )
-    assert (
-        configuration_name(["smollm2-135m", "/models/gemma3-270m"], [[15], [9]], "last", "concat", "mean")
-        == "lafusion/smollm2-135m__L15+gemma3-270m__L9__last__concat__mean"
-    )
-    with pytest.raises(ValueError, match="one layer list per model"):
-        configuration_name(["a", "b"], [[1]], "mean", "concat")
-
-
-def test_measure_cost_reports_the_model_it_measured(tiny_models: dict[str, str]) -> None:
-    model = build_fused_model(tiny_models["llama"], layers=[1, 3], fusion="mean")
-    cost = measure_cost(model, ["the movie was good"] * 20, batch_size=4)
-    assert cost.embedding_dimension == 32
-    assert cost.n_parameters == sum(p.numel() for p in model.parameters())
-    assert cost.sentences_per_second > 0 and cost.peak_rss_mb >= cost.rss_before_mb > 0
-    assert (cost.n_texts, cost.batch_size) == (20, 4)
