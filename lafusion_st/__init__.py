@@ -14,9 +14,11 @@ from lafusion_st.modes import FUSION_MODES, POOLING_MODES
 
 if TYPE_CHECKING:
     from lafusion_st.builders import build_fused_model
+    from lafusion_st.errors import LafusionError
     from lafusion_st.model import FusedSentenceTransformer
     from lafusion_st.modules import LayerSelect, MultiModelFuse, TruncatedTransformer
     from lafusion_st.registry import resolve_model
+    from lafusion_st.spec import EmbedderSpec, RunSettings, ScanSettings
 
 __version__ = "0.1.0"
 
@@ -26,12 +28,20 @@ _LAZY = {
     "MultiModelFuse": "lafusion_st.modules",
     "TruncatedTransformer": "lafusion_st.modules",
     "build_fused_model": "lafusion_st.builders",
+    "EmbedderSpec": "lafusion_st.spec",
+    "RunSettings": "lafusion_st.spec",
+    "ScanSettings": "lafusion_st.spec",
+    "LafusionError": "lafusion_st.errors",
     "resolve_model": "lafusion_st.registry",
 }
 
 __all__ = [
     "FUSION_MODES",
     "POOLING_MODES",
+    "EmbedderSpec",
+    "LafusionError",
+    "RunSettings",
+    "ScanSettings",
     "FusedSentenceTransformer",
     "LayerSelect",
     "MultiModelFuse",

@@ -202,11 +202,24 @@ def test_manifest_describes_the_export(exported):
     assert {"onnxruntime-gpu", "optimum", "optimum-onnx", "torch", "transformers"} <= set(manifest["versions"])
     assert all((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "config.json"))
     assert manifest["variants"]["fp32"]["max_abs_diff"] < FP32_ATOL
+    model, _ = exported("gpt2")
+    assert manifest["spec"] == model.spec.to_dict() and ORTFusedEncoder(folder).spec == model.spec
+
+
+def test_export_written_before_specs_were_recorded_still_loads(exported, tmp_path):
+    model, folder = exported("llama")
+    old = damaged_copy(folder, tmp_path)
+    manifest = json.loads((old / MANIFEST_FILE).read_text())
+    del manifest["spec"]
+    (old / MANIFEST_FILE).write_text(json.dumps(manifest))
+    encoder = ORTFusedEncoder(old, provider="cpu")
+    assert encoder.spec is None
+    np.testing.assert_allclose(encoder.encode(SENTENCES), model.encode(SENTENCES), atol=FP32_ATOL, rtol=1e-5)
 
 
 BLOCK_TORCH = """
 import importlib.abc, json, sys
-BLOCKED = {"torch", "transformers", "sentence_transformers", "optimum", "onnx", "lafusion_st", "sklearn"}
+BLOCKED = {"torch", "transformers", "sentence_transformers", "optimum", "onnx", "sklearn"}
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in BLOCKED:
@@ -216,7 +229,8 @@ from onnx_export import ORTFusedEncoder
 encoder = ORTFusedEncoder(sys.argv[1], provider="cpu")
 vectors = encoder.encode(json.loads(sys.argv[2]), normalize_embeddings=True)
 print(json.dumps({"vectors": vectors.tolist(), "providers": encoder.providers,
-                  "loaded": sorted(name for name in sys.modules if name.split(".")[0] in BLOCKED)}))
+                  "loaded": sorted(name for name in sys.modules if name.split(".")[0] in BLOCKED),
+                  "lafusion_st": sorted(name for name in sys.modules if name.split(".")[0] == "lafusion_st")}))
 """
 
 
@@ -229,6 +243,8 @@ def test_export_loads_and_encodes_without_torch(exported):
     )  # fmt: skip
     report = json.loads(completed.stdout.strip().splitlines()[-1])
     assert report["loaded"] == [] and report["providers"] == ["CPUExecutionProvider"]
+    # Only lafusion's standard-library modules: the error classes and the spec the manifest records.
+    assert set(report["lafusion_st"]) <= {"lafusion_st", "lafusion_st.errors", "lafusion_st.modes", "lafusion_st.spec"}
     np.testing.assert_allclose(report["vectors"], model.encode(SENTENCES, normalize_embeddings=True), atol=FP32_ATOL)
 
 
