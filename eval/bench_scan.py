@@ -31,6 +31,7 @@ import torch
 from lafusion_st.data import load_bundled
 from lafusion_st.registry import MARKER_FILE, OFFLINE_MODELS, default_cache_dir
 from lafusion_st.scan import LayerScanner
+from lafusion_st.spec import ScanSettings
 
 GOAL = 1.15
 
@@ -95,8 +96,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="sst2", help="bundled dataset whose training texts are used")
     parser.add_argument("--texts", type=int, default=256)
     parser.add_argument("--poolings", default="mean", help="comma-separated, e.g. mean,last,max")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-seq-length", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=ScanSettings.batch_size)
+    parser.add_argument("--max-seq-length", type=int, default=ScanSettings.max_seq_length)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--wait-s", type=float, default=3600.0, help="how long to wait for the model to be materialised"
