@@ -368,9 +368,9 @@ def measure_one(job: dict, output: Path) -> None:
     Records the process's resident memory before the model is built too, so that the tables can show
     the peak above that runtime floor: the memory the embedder itself (weights + activations) needs.
     """
-    fields = job["configuration"]
-    spec = EmbedderSpec.from_dict(fields.pop("spec")) if fields["spec"] is not None else None
-    configuration = Configuration(**{**fields, "spec": spec})
+    fields = dict(job["configuration"])
+    recorded = fields.pop("spec")
+    configuration = Configuration(**fields, spec=EmbedderSpec.from_dict(recorded) if recorded is not None else None)
     runtime_rss = rss_mib()  # Python + torch + imports, before any weights
     embedder = build_embedder(configuration)
     texts = load_bundled("sst2", "test").texts[: job["cost_texts"]]
