@@ -159,7 +159,8 @@ def _run(args: argparse.Namespace, with_test: bool) -> None:
     )
     result = run_task(str(task), train, test if with_test else None, args.models, args.output, settings)
     print(format_table(result))
-    print(f"\nchosen layers { {model: result.layers(model) for model in args.models} }; models {list(result.chosen.models)}")
+    chosen_layers = {model: result.layers(model) for model in args.models}
+    print(f"\nchosen layers {chosen_layers}; models {list(result.chosen.models)}")
     print(f"embedder {result.chosen.name}")
     print(
         f"report {result.report_path}\nplot   {result.plot_path}\nmodel "
