@@ -52,17 +52,17 @@ from lafusion_st.layers import resolve_layers
 from lafusion_st.modules import TruncatedTransformer
 from lafusion_st.pooling import PoolingMode, check_pooling_mode, pool
 from lafusion_st.registry import CACHE_ENV, resolve_model
-from lafusion_st.spec import EmbedderSpec
+from lafusion_st.spec import EmbedderSpec, ScanSettings
 
 logger = logging.getLogger(__name__)
 
 SCAN_FORMAT = 1
 """Bumped whenever cached vectors would no longer match what the code computes."""
 TENSOR_NAME = "layers"
-DEFAULT_BATCH_SIZE = 32
+DEFAULT_BATCH_SIZE = ScanSettings.batch_size
 DEFAULT_CHUNK_SIZE = 512
 """Texts per resumable chunk: an interrupted scan loses at most this many texts of work."""
-DEFAULT_MAX_SEQ_LENGTH = EmbedderSpec.max_seq_length
+DEFAULT_MAX_SEQ_LENGTH = ScanSettings.max_seq_length
 
 
 class ScanCacheWarning(UserWarning):
@@ -187,7 +187,7 @@ class LayerScanner:
     def __init__(
         self,
         model: str,
-        poolings: Sequence[PoolingMode] = ("mean",),
+        poolings: Sequence[PoolingMode] = ScanSettings.poolings,
         *,
         max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH,
         batch_size: int = DEFAULT_BATCH_SIZE,
@@ -435,7 +435,7 @@ class ScanCacheEntry:
 
 
 def scan(
-    model: str, texts: Sequence[str], poolings: Sequence[PoolingMode] = ("mean",), **scanner_kwargs: Any
+    model: str, texts: Sequence[str], poolings: Sequence[PoolingMode] = ScanSettings.poolings, **scanner_kwargs: Any
 ) -> dict[str, LayerVectors]:
     """Pooled vectors of every layer of ``model`` for ``texts``: ``pooling -> LayerVectors``.
 
@@ -450,7 +450,7 @@ def scan_task(
     models: str | Sequence[str],
     train_texts: Sequence[str],
     test_texts: Sequence[str] | None = None,
-    poolings: Sequence[PoolingMode] = ("mean",),
+    poolings: Sequence[PoolingMode] = ScanSettings.poolings,
     **scanner_kwargs: Any,
 ) -> TaskScan:
     """Scan a task's train (and test) texts with each model, loading each model at most once.
