@@ -19,7 +19,6 @@ downloads anything.
 from __future__ import annotations
 
 import base64
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -31,7 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from lafusion_st.errors import InvalidArgumentError, LafusionError, MissingFileError, UnknownModelError
+from lafusion_st.files import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -238,8 +240,6 @@ def materialise(name: str, cache_dir: str | Path | None = None, *, force: bool =
         return target.resolve()
     _check_installed(model)
 
-    from filelock import FileLock  # a dependency of transformers/huggingface_hub
-
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / f".{name}.lock")):
         if not force and is_materialised(target, model):  # another process just built it
@@ -338,14 +338,6 @@ def _record_sha256(model: OfflineModel, relative: str) -> str | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _locate_gguf(model: OfflineModel, workdir: Path) -> tuple[Path, str | None]:
     """Return the GGUF file and the sha256 it must have (None if nothing to check against)."""
     if model.source == "gguf":
@@ -392,7 +384,7 @@ def _build(model: OfflineModel, out: Path) -> None:
 
         step(steps[1])
         gguf, expected = _locate_gguf(model, gguf_work)
-        digest = _sha256(gguf)
+        digest = file_sha256(gguf)
         if expected is not None and digest != expected:
             raise ValueError(
                 f"{gguf} has sha256 {digest}, expected {expected}; reinstall with: "

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from lafusion_st.files import write_text_atomic
 from lafusion_st.probe import Metric, ProbeConfig, ProbeScore, TestScore, check_metric
 from lafusion_st.selection import Complementarity, Selection
 
@@ -70,11 +70,7 @@ def build_report(
 def write_report(path: str | Path, **report_fields: Any) -> dict[str, Any]:
     """Write :func:`build_report` (same keyword arguments) as indented JSON, atomically; returns the dict."""
     report = build_report(**report_fields)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + f".tmp{os.getpid()}")
-    temporary.write_text(json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    write_text_atomic(path, json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     return report
 
 

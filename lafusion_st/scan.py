@@ -11,39 +11,20 @@ Exactness: tokenization, the forward pass and pooling are those of the final emb
 scanned vector of layer ``l`` equals ``build_fused_model(model, layers=[l], pooling=p).encode(texts)``
 up to float rounding of different batch compositions.
 
-Cache layout (one entry per model, pooling, ``max_seq_length`` and text list)::
-
-    <cache_dir>/<model>.<pooling>.<key>.safetensors   tensor "layers" [L + 1, N, H], float32
-    <cache_dir>/<model>.<pooling>.<key>.json          sidecar: what was scanned, shape, sha256 of the data
-    <cache_dir>/<model>.<pooling>.<key>.partial/      chunk files of an unfinished scan (resume point)
-
-``key`` hashes the model's fingerprint (the bytes of every top-level file of its folder: config,
-tokenizer, weights), the pooling, ``max_seq_length`` and the texts. The sidecar is written last, so an
-entry without one is unfinished. An entry that cannot be read, has the wrong shape or fails its
-checksum is reported with a warning and recomputed. Files are read with safetensors, never pickle.
+Caching (keys, files, locks, checksums) lives in :mod:`lafusion_st.scan_cache`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import shutil
-import warnings
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sentence_transformers
 import torch
-import transformers
-from safetensors import safe_open
-from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 from transformers import AutoConfig
 
@@ -51,22 +32,36 @@ from lafusion_st.fusion import fuse
 from lafusion_st.layers import resolve_layers
 from lafusion_st.modules import TruncatedTransformer
 from lafusion_st.pooling import PoolingMode, check_pooling_mode, pool
-from lafusion_st.registry import CACHE_ENV, resolve_model
+from lafusion_st.registry import resolve_model
+from lafusion_st.scan_cache import (
+    ScanCacheEntry,
+    ScanCacheWarning,
+    ScanKey,
+    ScanVersionWarning,
+    default_scan_cache_dir,
+    model_fingerprint,
+    texts_sha256,
+)
 from lafusion_st.spec import EmbedderSpec, ScanSettings
+
+__all__ = [
+    "LayerScanner",
+    "LayerVectors",
+    "ScanCacheWarning",
+    "ScanVersionWarning",
+    "TaskScan",
+    "default_scan_cache_dir",
+    "fused_from_scan",
+    "scan",
+    "scan_task",
+]
 
 logger = logging.getLogger(__name__)
 
-SCAN_FORMAT = 1
-"""Bumped whenever cached vectors would no longer match what the code computes."""
-TENSOR_NAME = "layers"
 DEFAULT_BATCH_SIZE = ScanSettings.batch_size
 DEFAULT_CHUNK_SIZE = 512
 """Texts per resumable chunk: an interrupted scan loses at most this many texts of work."""
 DEFAULT_MAX_SEQ_LENGTH = ScanSettings.max_seq_length
-
-
-class ScanCacheWarning(UserWarning):
-    """A cached scan was unreadable or did not match its sidecar and is being recomputed."""
 
 
 @dataclass(frozen=True)
@@ -135,40 +130,6 @@ def fused_from_scan(scanned: dict[str, dict[str, LayerVectors]], spec: EmbedderS
     return (per_model[0] if len(per_model) == 1 else fuse(per_model, spec.model_fusion)).numpy()
 
 
-def default_scan_cache_dir() -> Path:
-    """``$LAFUSION_CACHE/scans`` if that variable is set, else ``~/.cache/lafusion/scans``."""
-    root = os.environ.get(CACHE_ENV)
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "lafusion") / "scans"
-
-
-def texts_sha256(texts: Sequence[str]) -> str:
-    """Hash of a text list that changes with any text, its position, or the list's length."""
-    return hashlib.sha256(json.dumps(list(texts), ensure_ascii=False).encode("utf-8")).hexdigest()
-
-
-def model_fingerprint(folder: str | Path) -> str:
-    """sha256 over the names and bytes of every top-level file of a model folder (hidden files skipped).
-
-    Why the full bytes and not sizes or the safetensors header: a fine-tuned copy has the same config and
-    header, and a cache keyed on them would silently return the old model's vectors. Hashing runs at about
-    0.7 GB/s here (SmolLM2's 538 MB in 0.8 s) and is memoised per process on the files' size and mtime.
-    """
-    files = sorted(path for path in Path(folder).iterdir() if path.is_file() and not path.name.startswith("."))
-    signature = tuple((path.name, path.stat().st_size, path.stat().st_mtime_ns) for path in files)
-    return _hash_files(str(Path(folder).resolve()), signature)
-
-
-@lru_cache(maxsize=32)
-def _hash_files(folder: str, signature: tuple[tuple[str, int, int], ...]) -> str:
-    digest = hashlib.sha256()
-    for name, _, _ in signature:
-        digest.update(name.encode("utf-8") + b"\0")
-        with open(Path(folder, name), "rb") as handle:
-            while block := handle.read(1 << 24):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 class LayerScanner:
     """Scans text lists with one model, loading it at most once and only when the cache lacks something.
 
@@ -230,17 +191,14 @@ class LayerScanner:
 
     def cache_entry(self, texts: Sequence[str], pooling: PoolingMode) -> ScanCacheEntry:
         """The cache entry that holds (or will hold) ``pooling`` vectors of ``texts``."""
-        expected = {
-            "format": SCAN_FORMAT,
-            "model_fingerprint": self.fingerprint,
-            "pooling": pooling,
-            "max_seq_length": self.max_seq_length,
-            "texts_sha256": texts_sha256(texts),
-            "shape": [self.num_hidden_layers + 1, len(texts), self.hidden_size],
-        }
-        key = hashlib.sha256(json.dumps(expected, sort_keys=True).encode()).hexdigest()[:24]
-        stem = f"{Path(self.model_path).name}.{pooling}.{key}"
-        return ScanCacheEntry(self.cache_dir / stem, expected)
+        key = ScanKey(
+            model_fingerprint=self.fingerprint,
+            pooling=pooling,
+            max_seq_length=self.max_seq_length,
+            texts_sha256=texts_sha256(texts),
+            shape=(self.num_hidden_layers + 1, len(texts), self.hidden_size),
+        )
+        return ScanCacheEntry(self.cache_dir, Path(self.model_path).name, key)
 
     def scan(self, texts: Sequence[str]) -> dict[str, LayerVectors]:
         """Pooled vectors of every layer for ``texts``, from the cache where possible.
@@ -261,9 +219,17 @@ class LayerScanner:
         found = {pooling: entry.load() for pooling, entry in entries.items()}
         missing = {pooling: entries[pooling] for pooling, vectors in found.items() if vectors is None}
         if missing:
-            self._compute(texts, missing)
-            chunks = self._chunks(len(texts))
-            found.update({pooling: entry.finalize(chunks, self._sidecar_extra()) for pooling, entry in missing.items()})
+            with ExitStack() as locks:
+                for pooling in sorted(missing):  # one order for every process: no deadlock
+                    locks.enter_context(missing[pooling].lock())
+                # Another process may have finished an entry while this one waited for its lock.
+                found.update({pooling: entry.load() for pooling, entry in missing.items()})
+                missing = {pooling: entries[pooling] for pooling, vectors in found.items() if vectors is None}
+                if missing:
+                    self._compute(texts, missing)
+                    chunks = self._chunks(len(texts))
+                    extra = {"model": self.model, "model_path": self.model_path}
+                    found.update({pooling: entry.finalize(chunks, extra) for pooling, entry in missing.items()})
         return {
             pooling: LayerVectors(self.model, pooling, vectors, entries[pooling].data_file)
             for pooling, vectors in found.items()
@@ -347,92 +313,6 @@ class LayerScanner:
                 for pooling in (poolings or self.poolings)
             }
 
-    def _sidecar_extra(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "model_path": self.model_path,
-            "versions": {
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-                "sentence_transformers": sentence_transformers.__version__,
-            },
-        }
-
-
-class ScanCacheEntry:
-    """The files of one cached scan (one model, pooling, ``max_seq_length`` and text list).
-
-    Args:
-        stem: Path without suffix; ``.safetensors``, ``.json`` and ``.partial/`` are added to it.
-        expected: Sidecar fields the stored data must match (format, fingerprint, pooling, length, texts, shape).
-    """
-
-    def __init__(self, stem: Path, expected: dict[str, Any]) -> None:
-        self.data_file = stem.with_name(stem.name + ".safetensors")
-        self.sidecar_file = stem.with_name(stem.name + ".json")
-        self.partial_dir = stem.with_name(stem.name + ".partial")
-        self.expected = expected
-
-    def load(self) -> np.ndarray | None:
-        """The cached vectors, or ``None`` if absent; a broken entry is warned about, removed and ``None``."""
-        if not self.sidecar_file.exists():
-            return None
-        try:
-            sidecar = json.loads(self.sidecar_file.read_text(encoding="utf-8"))
-            for name, value in self.expected.items():
-                if sidecar.get(name) != value:
-                    raise ValueError(f"sidecar field {name!r} is {sidecar.get(name)!r}, expected {value!r}")
-            return _read_checked(self.data_file, self.expected["shape"], sidecar.get("sha256"))
-        except Exception as error:  # noqa: BLE001 - any unreadable entry is recomputed, never trusted
-            warnings.warn(
-                f"Scan cache entry {self.data_file} is unusable ({error}); recomputing it.",
-                ScanCacheWarning,
-                stacklevel=3,
-            )
-            self.data_file.unlink(missing_ok=True)
-            self.sidecar_file.unlink(missing_ok=True)
-            return None
-
-    def chunk_file(self, start: int, end: int) -> Path:
-        return self.partial_dir / f"chunk_{start:09d}_{end:09d}.safetensors"
-
-    def has_chunk(self, start: int, end: int, shape: tuple[int, ...]) -> bool:
-        """Whether chunk ``[start, end)`` is on disk and intact (a broken chunk is removed, with a warning)."""
-        path = self.chunk_file(start, end)
-        if not path.exists():
-            return False
-        try:
-            _read_checked(path, list(shape), None)
-            return True
-        except Exception as error:  # noqa: BLE001
-            warnings.warn(f"Scan chunk {path} is unusable ({error}); recomputing it.", ScanCacheWarning, stacklevel=3)
-            path.unlink(missing_ok=True)
-            return False
-
-    def write_chunk(self, start: int, end: int, vectors: np.ndarray) -> None:
-        self.partial_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.chunk_file(start, end), vectors)
-
-    def finalize(self, chunks: Sequence[tuple[int, int]], extra: dict[str, Any]) -> np.ndarray:
-        """Join the ``(start, end)`` chunks into the data file, write the sidecar last, and drop the chunks."""
-        layers, count, hidden = self.expected["shape"]
-        vectors = np.empty((layers, count, hidden), dtype=np.float32)
-        for start, end in chunks:
-            vectors[:, start:end] = _read_checked(self.chunk_file(start, end), [layers, end - start, hidden], None)
-        checksum = _write_atomic(self.data_file, vectors)
-        sidecar = {
-            **self.expected,
-            **extra,
-            "dtype": "float32",
-            "sha256": checksum,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        temporary = self.sidecar_file.with_name(self.sidecar_file.name + f".tmp{os.getpid()}")
-        temporary.write_text(json.dumps(sidecar, indent=2), encoding="utf-8")
-        os.replace(temporary, self.sidecar_file)
-        shutil.rmtree(self.partial_dir, ignore_errors=True)
-        return vectors
-
 
 def scan(
     model: str, texts: Sequence[str], poolings: Sequence[PoolingMode] = ScanSettings.poolings, **scanner_kwargs: Any
@@ -489,33 +369,3 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
         if not isinstance(text, str):
             raise TypeError(f"Text {index} is {type(text).__name__} ({text!r}); lafusion embeds strings only.")
     return texts
-
-
-def _array_sha256(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array, dtype="<f4").data).hexdigest()
-
-
-def _write_atomic(path: Path, vectors: np.ndarray) -> str:
-    """Write ``vectors`` with their sha256 in the safetensors metadata; readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    checksum = _array_sha256(vectors)
-    temporary = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file(
-        {TENSOR_NAME: np.ascontiguousarray(vectors, dtype=np.float32)}, str(temporary), metadata={"sha256": checksum}
-    )
-    os.chmod(temporary, 0o644)  # safetensors creates 0600 files; a cache may be shared like the model cache
-    os.replace(temporary, path)
-    return checksum
-
-
-def _read_checked(path: Path, shape: list[int], sha256: str | None) -> np.ndarray:
-    """Read a scan tensor, checking its shape and its checksum (``sha256`` or, if None, the file's own)."""
-    with safe_open(str(path), framework="np") as handle:
-        stored = (handle.metadata() or {}).get("sha256")
-        vectors = handle.get_tensor(TENSOR_NAME)
-    if list(vectors.shape) != list(shape) or vectors.dtype != np.float32:
-        raise ValueError(f"holds {vectors.dtype} {list(vectors.shape)}, expected float32 {list(shape)}")
-    wanted = sha256 or stored
-    if wanted is None or _array_sha256(vectors) != wanted:
-        raise ValueError("checksum mismatch")
-    return vectors

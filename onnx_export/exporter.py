@@ -28,6 +28,7 @@ from optimum.exporters.tasks import TasksManager
 from sentence_transformers import SentenceTransformer
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
+from lafusion_st.files import file_sha256
 from lafusion_st.modules import LayerSelect, MultiModelFuse, TruncatedTransformer
 from lafusion_st.spec import read_spec_file
 from onnx_export import manifest as manifest_io
@@ -272,7 +273,7 @@ def _export_member(
         "inputs": inputs,
         "tokenizer": {
             "file": "tokenizer.json",
-            "sha256": manifest_io.sha256_of(folder / "tokenizer.json"),
+            "sha256": file_sha256(folder / "tokenizer.json"),
             "max_seq_length": member.max_seq_length,
             "padding_side": tokenizer.padding_side,
             "truncation_side": tokenizer.truncation_side,

@@ -35,12 +35,12 @@ Schema (format version 1)::
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from lafusion_st.errors import InvalidArgumentError
+from lafusion_st.files import file_sha256, write_text_atomic
 from lafusion_st.spec import EmbedderSpec
 from onnx_export.errors import ExportedModelError, TokenizerMismatchError
 
@@ -48,32 +48,21 @@ MANIFEST_FILE = "lafusion_onnx.json"
 FORMAT = "lafusion-onnx"
 FORMAT_VERSION = 1
 DTYPES: tuple[str, ...] = ("fp32", "fp16", "int8")
-_CHUNK = 1 << 20
-
-
-def sha256_of(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in chunks (graphs and their external data can be several GB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def file_records(folder: str | Path, names: list[str]) -> dict[str, dict[str, Any]]:
     """Size and checksum of each named file in ``folder``, as stored in the manifest."""
     return {
-        name: {"bytes": Path(folder, name).stat().st_size, "sha256": sha256_of(Path(folder, name))} for name in names
+        name: {"bytes": Path(folder, name).stat().st_size, "sha256": file_sha256(Path(folder, name))} for name in names
     }
 
 
 def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> Path:
     """Write ``manifest`` (format fields added) as ``lafusion_onnx.json`` in ``folder``."""
-    path = Path(folder, MANIFEST_FILE)
-    path.write_text(
-        json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **manifest}, indent=2) + "\n", encoding="utf-8"
+    return write_text_atomic(
+        Path(folder, MANIFEST_FILE),
+        json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **manifest}, indent=2) + "\n",
     )
-    return path
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
@@ -136,7 +125,7 @@ def verify_files(folder: str | Path, records: dict[str, dict[str, Any]]) -> None
             raise ExportedModelError(
                 f"{path} is {size} bytes, expected {record['bytes']}: truncated or replaced; re-export."
             )
-        if sha256_of(path) != record["sha256"]:
+        if file_sha256(path) != record["sha256"]:
             raise ExportedModelError(f"{path} does not match its recorded SHA-256: the file is corrupted; re-export.")
 
 
@@ -150,7 +139,7 @@ def verify_tokenizer(folder: str | Path, spec: dict[str, Any]) -> Path:
     path = Path(folder, spec["file"])
     if not path.is_file():
         raise TokenizerMismatchError(f"Tokenizer file {path} is missing; the exported folder is incomplete.")
-    if sha256_of(path) != spec["sha256"]:
+    if file_sha256(path) != spec["sha256"]:
         raise TokenizerMismatchError(
             f"Tokenizer file {path} is not the one this graph was exported with (SHA-256 differs). Restore the "
             "exported tokenizer.json or re-export the model with the tokenizer you want."

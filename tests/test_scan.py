@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import SENTENCES
 
-from lafusion_st import build_fused_model
+from lafusion_st import build_fused_model, scan_cache
 from lafusion_st.fusion import fuse
 from lafusion_st.modules import TruncatedTransformer
 from lafusion_st.pooling import POOLING_MODES
-from lafusion_st.scan import LayerScanner, ScanCacheWarning, fused_from_scan, scan, scan_task
+from lafusion_st.scan import LayerScanner, ScanCacheWarning, ScanVersionWarning, fused_from_scan, scan, scan_task
 from lafusion_st.spec import EmbedderSpec
 
 TEXTS = [*SENTENCES, "", "good", "the stock market rose and the company reported a profit", "bad film"]
@@ -248,3 +253,63 @@ def test_fused_view_of_a_scan_equals_the_built_embedder(tiny_models, tmp_path, f
     np.testing.assert_array_equal(fused_from_scan(scanned, single), expected.numpy())
     with pytest.raises(ValueError, match="weighted fusion needs trained weights"):
         fused_from_scan(scanned, dataclasses.replace(spec, fusion="weighted"))
+
+
+def test_changed_vector_rules_recompute_and_other_versions_warn(tiny_models, tmp_path, forward_calls, monkeypatch):
+    """Item 5: the key carries lafusion's vector rules; other torch/transformers versions warn, not recompute."""
+    first = _scanner(tiny_models["llama"], tmp_path, batch_size=4).scan(TEXTS)["mean"].vectors
+    entry = _scanner(tiny_models["llama"], tmp_path).cache_entry(TEXTS, "mean")
+    sidecar = json.loads(entry.sidecar_file.read_text())
+    assert sidecar["vector_rules"] == scan_cache.VECTOR_RULES
+    sidecar["versions"]["torch"] = "0.0.1"
+    entry.sidecar_file.write_text(json.dumps(sidecar))
+    forward_calls.clear()
+    with pytest.warns(ScanVersionWarning, match=r"torch 0\.0\.1 but torch .* is installed"):
+        served = _scanner(tiny_models["llama"], tmp_path, batch_size=4).scan(TEXTS)["mean"].vectors
+    assert forward_calls == []
+    np.testing.assert_array_equal(served, first)
+
+    monkeypatch.setattr(scan_cache, "VECTOR_RULES", scan_cache.VECTOR_RULES + 1)
+    assert _scanner(tiny_models["llama"], tmp_path).cache_entry(TEXTS, "mean").data_file != entry.data_file
+    _scanner(tiny_models["llama"], tmp_path, batch_size=4).scan(TEXTS)
+    assert len(forward_calls) == 3
+
+
+_CONCURRENT_SCAN = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from lafusion_st.scan import scan
+model, cache, out, texts = sys.argv[1], sys.argv[2], Path(sys.argv[3]), [f"the movie {i} was good" for i in range(48)]
+(out.parent / (out.name + ".ready")).touch()
+while not (out.parent / "go").exists():
+    time.sleep(0.02)
+vectors = scan(model, texts, ("mean", "last"), cache_dir=cache, batch_size=4, chunk_size=8, show_progress_bar=False)
+np.save(out, np.stack([vectors["mean"].vectors, vectors["last"].vectors]))
+"""
+
+
+def test_two_processes_scanning_the_same_texts_both_finish(tiny_models: dict[str, str], tmp_path) -> None:
+    """Item 10: a lock per entry; the second process waits and reads the first one's entry."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    outputs = [tmp_path / f"out{index}.npy" for index in range(2)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CONCURRENT_SCAN, tiny_models["llama"], str(tmp_path / "cache"), str(out)],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for out in outputs
+    ]
+    deadline = time.monotonic() + 120
+    while not all(out.with_name(out.name + ".ready").exists() for out in outputs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
+    errors = [process.communicate(timeout=180)[1] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], errors
+    np.testing.assert_array_equal(np.load(outputs[0]), np.load(outputs[1]))
+    assert not list((tmp_path / "cache").glob("*.partial")) and not list((tmp_path / "cache").glob("*.tmp"))
