@@ -131,7 +131,7 @@ def main() -> None:
         shutil.rmtree(cache_dir, ignore_errors=True)
 
     print(
-        f"model {args.model} ({scanner.num_hidden_layers} layers + embeddings, hidden {scanner.hidden_size}), "
+        f"model {args.model} ({scanner.source_num_layers} layers + embeddings, hidden {scanner.hidden_size}), "
         f"{len(texts)} {args.dataset} texts ({tokens} tokens), batch {args.batch_size}, poolings {args.poolings}, "
         f"torch threads {torch.get_num_threads()}"
     )

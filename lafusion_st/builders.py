@@ -87,7 +87,7 @@ def build_member_modules(
     selected layer."""
     depth, hidden_size = _depth_and_width(path)
     layer_select = LayerSelect(
-        resolve_layers(layers, depth), num_hidden_layers=depth, hidden_size=hidden_size, pooling=pooling, fusion=fusion
+        resolve_layers(layers, depth), source_num_layers=depth, hidden_size=hidden_size, pooling=pooling, fusion=fusion
     )
     backbone = TruncatedTransformer(path, num_layers=max(layer_select.deepest_layer, 1), max_seq_length=max_seq_length)
     return [backbone, layer_select]

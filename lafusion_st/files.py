@@ -49,6 +49,36 @@ def atomic_path(path: str | Path, mode: int = 0o644) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
+def check_component(name: object, what: str, root: str | Path | None = None) -> str:
+    """Return ``name`` if it is one relative path component that stays inside ``root``, else raise.
+
+    Why: names read from a saved folder (member names, module paths, exported file names) become paths
+    that lafusion writes to or reads from; ``../x``, ``/etc``, ``a/b`` or a symlink leading out of the folder
+    would make a saved folder write or read outside itself.
+
+    Raises:
+        ValueError: ``name`` is not a string, is empty, ``.``/``..``, absolute, holds a path separator, or
+            (when ``root`` is given) names a symlink that resolves outside ``root``.
+    """
+    separators = {sep for sep in (os.sep, os.altsep, "/", "\\") if sep}
+    if (
+        not isinstance(name, str)
+        or name in ("", ".", "..")
+        or any(sep in name for sep in separators)
+        or "\0" in name
+        or Path(name).is_absolute()
+    ):
+        raise ValueError(
+            f"{what} {name!r} is not allowed: it must be a single folder or file name (no '/', '\\', '..', "
+            "absolute paths or empty names), so that it stays inside the saved folder."
+        )
+    if root is not None:
+        resolved_root = Path(root).resolve()
+        if not Path(root, name).resolve().is_relative_to(resolved_root):
+            raise ValueError(f"{what} {name!r} in {root} leads outside that folder (a symlink?).")
+    return name
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_path`)."""
     with atomic_path(path) as temporary:

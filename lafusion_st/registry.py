@@ -34,6 +34,7 @@ from filelock import FileLock
 
 from lafusion_st.errors import InvalidArgumentError, LafusionError, MissingFileError, UnknownModelError
 from lafusion_st.files import file_sha256
+from lafusion_st.saved_folder import saved_embedder_sources
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +182,8 @@ def resolve_model(name_or_path: str, cache_dir: str | Path | None = None) -> str
     Raises:
         ModelPackageNotInstalledError: A short name whose package is not installed.
         FileNotFoundError: A path that does not exist, or a hub id that is not cached.
-        ValueError: A path that is a file rather than a folder.
+        ValueError: A path that is a file rather than a folder, or a saved lafusion embedder (the message
+            names the model it was built from).
     """
     if name_or_path in OFFLINE_MODELS:
         model = OFFLINE_MODELS[name_or_path]
@@ -191,6 +193,14 @@ def resolve_model(name_or_path: str, cache_dir: str | Path | None = None) -> str
 
     path = Path(name_or_path).expanduser()
     if path.is_dir():
+        sources = saved_embedder_sources(str(path))
+        if sources is not None:
+            raise ValueError(
+                f"{name_or_path!r} is a saved lafusion embedder, not a model: its backbone may keep only the first "
+                "layers of the model it was built from, and read as a model it would look like a shallower "
+                f"complete one (with the final norm on the wrong layer). Pass the model it was built from instead: "
+                f"{', '.join(sources)}."
+            )
         return str(path.resolve())
     if path.exists():
         raise InvalidArgumentError(

@@ -82,14 +82,14 @@ class LayerVectors:
     cache_file: Path | None = None
 
     @property
-    def num_hidden_layers(self) -> int:
+    def source_num_layers(self) -> int:
         """Depth ``L`` of the model (``vectors`` has ``L + 1`` layers)."""
         return self.vectors.shape[0] - 1
 
     def concat(self, layers: Sequence[int]) -> np.ndarray:
         """``[N, len(layers) * H]``: the chosen layers side by side, in ascending layer order, which is how
         ``LayerSelect`` with ``fusion="concat"`` lays them out. Negative indices count from the end."""
-        resolved = resolve_layers(layers, self.num_hidden_layers)
+        resolved = resolve_layers(layers, self.source_num_layers)
         return np.concatenate([self.vectors[index] for index in resolved], axis=1)
 
 
@@ -177,7 +177,7 @@ class LayerScanner:
         self.fingerprint = model_fingerprint(self.model_path)
         config = AutoConfig.from_pretrained(self.model_path)
         text_config = getattr(config, "text_config", None) or config
-        self.num_hidden_layers = int(text_config.num_hidden_layers)
+        self.source_num_layers = int(text_config.num_hidden_layers)
         self.hidden_size = int(text_config.hidden_size)
         self._module: TruncatedTransformer | None = None
 
@@ -196,7 +196,7 @@ class LayerScanner:
             pooling=pooling,
             max_seq_length=self.max_seq_length,
             texts_sha256=texts_sha256(texts),
-            shape=(self.num_hidden_layers + 1, len(texts), self.hidden_size),
+            shape=(self.source_num_layers + 1, len(texts), self.hidden_size),
         )
         return ScanCacheEntry(self.cache_dir, Path(self.model_path).name, key)
 
@@ -255,7 +255,7 @@ class LayerScanner:
         return [order[offset : offset + self.batch_size] for offset in range(0, len(order), self.batch_size)]
 
     def _chunk_shape(self, start: int, end: int) -> tuple[int, int, int]:
-        return self.num_hidden_layers + 1, end - start, self.hidden_size
+        return self.source_num_layers + 1, end - start, self.hidden_size
 
     def _compute(self, texts: list[str], missing: dict[str, ScanCacheEntry]) -> None:
         """Run the model over every chunk some pooling still lacks, writing each chunk when it is done."""
@@ -300,9 +300,9 @@ class LayerScanner:
         with torch.inference_mode():
             features = self.module.forward(self.preprocess(texts))
             hidden_states = features["all_layer_embeddings"]
-            if len(hidden_states) != self.num_hidden_layers + 1:
+            if len(hidden_states) != self.source_num_layers + 1:
                 raise RuntimeError(
-                    f"{self.model} returned {len(hidden_states)} hidden states, expected {self.num_hidden_layers + 1}."
+                    f"{self.model} returned {len(hidden_states)} hidden states, expected {self.source_num_layers + 1}."
                 )
             # Layer by layer rather than one stacked tensor: the same values without an [L+1, B, T, H] copy.
             return {

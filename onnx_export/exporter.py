@@ -29,6 +29,7 @@ from sentence_transformers import SentenceTransformer
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from lafusion_st.files import file_sha256
+from lafusion_st.model import FusedSentenceTransformer
 from lafusion_st.modules import LayerSelect, MultiModelFuse, TruncatedTransformer
 from lafusion_st.spec import read_spec_file
 from onnx_export import manifest as manifest_io
@@ -154,7 +155,7 @@ def _load(model_or_path: SentenceTransformer | str | Path) -> SentenceTransforme
         path = Path(model_or_path)
         if not (path / "modules.json").is_file():
             raise FileNotFoundError(f"{path} is not a saved sentence-transformers folder (no modules.json).")
-        model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        model = FusedSentenceTransformer(str(path), device="cpu", local_files_only=True)
     if model.device.type != "cpu":
         raise ValueError(f"Export traces on CPU; the model is on {model.device}. Call model.to('cpu') first.")
     return model.eval()

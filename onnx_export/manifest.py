@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from lafusion_st.errors import InvalidArgumentError
-from lafusion_st.files import file_sha256, write_text_atomic
+from lafusion_st.files import check_component, file_sha256, write_text_atomic
 from lafusion_st.spec import EmbedderSpec
 from onnx_export.errors import ExportedModelError, TokenizerMismatchError
 
@@ -89,6 +89,10 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
             f"{path} has format_version {manifest.get('format_version')!r}; "
             f"this onnx_export reads version {FORMAT_VERSION}."
         )
+    try:
+        check_paths(folder, manifest)
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+        raise ExportedModelError(f"{path} names files it may not use: {error}") from error
     return manifest
 
 
@@ -106,6 +110,35 @@ def spec_of(manifest: dict[str, Any]) -> EmbedderSpec | None:
         return EmbedderSpec.from_dict(recorded)
     except InvalidArgumentError as error:
         raise ExportedModelError(f"{MANIFEST_FILE}: invalid spec ({error}); re-export the model.") from error
+
+
+def check_paths(folder: str | Path, manifest: dict[str, Any]) -> None:
+    """Every folder and file the manifest names must stay inside ``folder``: member folders are ``.`` or
+    ``members/<name>``, files are single names inside their member's folder.
+
+    Raises:
+        ValueError: A name with separators, ``..``, an absolute path, or a symlink leading outside.
+    """
+    folder = Path(folder)
+    fusion = manifest["model_fusion"]
+    if fusion is not None:
+        _check_files(folder, fusion)
+    for member in manifest["members"]:
+        parts = member["folder"].split("/")
+        if member["folder"] != "." and (len(parts) != 2 or parts[0] != "members"):
+            raise ValueError(f"member folder {member['folder']!r} must be '.' or 'members/<name>'")
+        member_folder = Path(folder)
+        if member["folder"] != ".":
+            member_folder = member_folder / "members" / check_component(parts[1], "Member folder", folder / "members")
+        check_component(member["tokenizer"]["file"], "Tokenizer file", member_folder)
+        for graph in member["graphs"].values():
+            _check_files(member_folder, graph)
+
+
+def _check_files(folder: Path, graph: dict[str, Any]) -> None:
+    check_component(graph["file"], "Graph file", folder)
+    for name in graph["files"]:
+        check_component(name, "Graph data file", folder)
 
 
 def verify_files(folder: str | Path, records: dict[str, dict[str, Any]]) -> None:

@@ -11,7 +11,7 @@ from lafusion_st.modules import LayerSelect
 
 
 def test_layers_resolved_sorted_and_dimension_known_up_front() -> None:
-    module = LayerSelect([-1, 12, 0], num_hidden_layers=30, hidden_size=576, fusion="concat")
+    module = LayerSelect([-1, 12, 0], source_num_layers=30, hidden_size=576, fusion="concat")
     assert module.layers == [0, 12, 30]
     assert module.deepest_layer == 30
     assert module.get_embedding_dimension() == 3 * 576
@@ -30,7 +30,7 @@ def test_layers_resolved_sorted_and_dimension_known_up_front() -> None:
 )
 def test_invalid_layers_fail_at_construction(layers: list, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        LayerSelect(layers, num_hidden_layers=30, hidden_size=8)
+        LayerSelect(layers, source_num_layers=30, hidden_size=8)
 
 
 def test_unknown_modes_list_valid_choices() -> None:

@@ -12,8 +12,12 @@ import os
 from typing import Any
 
 
-def load_module_config(cls: type, model_name_or_path: str, subfolder: str = "") -> dict[str, Any]:
+def load_module_config(
+    cls: type, model_name_or_path: str, subfolder: str = "", renamed: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Read ``cls.config_file_name`` from a local module folder and check it holds exactly ``cls.config_keys``.
+
+    ``renamed`` maps keys written by earlier versions to their current names, so old folders keep loading.
 
     Raises:
         FileNotFoundError: The config file is missing.
@@ -29,6 +33,9 @@ def load_module_config(cls: type, model_name_or_path: str, subfolder: str = "") 
         raise ValueError(f"{cls.__name__} config {path} is not valid JSON: {error}") from error
     if not isinstance(config, dict):
         raise ValueError(f"{cls.__name__} config {path} must hold a JSON object, got {type(config).__name__}.")
+    for old, new in (renamed or {}).items():
+        if old in config and new not in config:
+            config[new] = config.pop(old)
     missing = [key for key in cls.config_keys if key not in config]
     unknown = [key for key in config if key not in cls.config_keys]
     if missing or unknown:

@@ -7,15 +7,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from lafusion_st._compat import Module
 from lafusion_st.fusion import FUSION_MODES, FusionMode, fuse, fused_dimension
 from lafusion_st.layers import resolve_layers
 from lafusion_st.modules.config_io import load_module_config
+from lafusion_st.modules.fusion_weights import init_fusion_weights, load_fusion_weights, save_fusion_weights
 from lafusion_st.pooling import POOLING_MODES, PoolingMode, check_pooling_mode, pool
 
-WEIGHTS_FILE = "model.safetensors"
+RENAMED_KEYS = {"num_hidden_layers": "source_num_layers"}
+"""Config keys of earlier versions -> current names (read on load, never written)."""
 
 
 class LayerSelect(Module):
@@ -26,10 +27,11 @@ class LayerSelect(Module):
     ``config_kwargs={"output_hidden_states": True}``). It writes ``features["sentence_embedding"]``.
 
     Args:
-        layers: Layers in ``hidden_states`` numbering (0 = embedding output, ``num_hidden_layers`` = last
+        layers: Layers in ``hidden_states`` numbering (0 = embedding output, ``source_num_layers`` = last
             layer, negative from the end). Stored resolved and sorted.
-        num_hidden_layers: Depth ``L`` of the *original* model; needed to resolve negative indices and to
-            check the range before any forward pass.
+        source_num_layers: Depth ``L`` of the *original* model (the name ``TruncatedTransformer`` uses too);
+            needed to resolve negative indices and to check the range before any forward pass. Folders saved
+            before this name was adopted store it as ``num_hidden_layers``, which :meth:`load` still reads.
         hidden_size: Width of each hidden state, so the output dimension is known up front.
         pooling: One of :attr:`POOLING_MODES`.
         fusion: One of :attr:`FUSION_MODES`; ``weighted`` uses ``layer_weights``.
@@ -39,33 +41,25 @@ class LayerSelect(Module):
 
     POOLING_MODES = POOLING_MODES
     FUSION_MODES = FUSION_MODES
-    config_keys: list[str] = ["layers", "num_hidden_layers", "hidden_size", "pooling", "fusion"]
+    config_keys: list[str] = ["layers", "source_num_layers", "hidden_size", "pooling", "fusion"]
 
     def __init__(
         self,
         layers: Sequence[int],
-        num_hidden_layers: int,
+        source_num_layers: int,
         hidden_size: int,
         pooling: PoolingMode = "mean",
         fusion: FusionMode = "concat",
         layer_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        self.layers = resolve_layers(layers, num_hidden_layers)
-        self.num_hidden_layers = int(num_hidden_layers)
+        self.layers = resolve_layers(layers, source_num_layers)
+        self.source_num_layers = int(source_num_layers)
         self.hidden_size = int(hidden_size)
         self.pooling = check_pooling_mode(pooling)
         self.embedding_dimension = fused_dimension([self.hidden_size] * len(self.layers), fusion)
         self.fusion = fusion
-        if fusion == "weighted":
-            initial = layer_weights if layer_weights is not None else [1.0 / len(self.layers)] * len(self.layers)
-            if len(initial) != len(self.layers):
-                raise ValueError(f"Got {len(initial)} layer_weights for {len(self.layers)} layers {self.layers}.")
-            self.layer_weights = torch.nn.Parameter(torch.tensor([float(w) for w in initial]))
-        elif layer_weights is not None:
-            raise ValueError(f"layer_weights are only used with fusion='weighted', not {fusion!r}.")
-        else:
-            self.layer_weights = None
+        self.layer_weights = init_fusion_weights(fusion, layer_weights, len(self.layers), "layer_weights")
 
     @property
     def deepest_layer(self) -> int:
@@ -97,21 +91,15 @@ class LayerSelect(Module):
 
     def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
         self.save_config(output_path)
-        if self.layer_weights is not None:
-            save_file(
-                {"layer_weights": self.layer_weights.detach().cpu().contiguous()},
-                os.path.join(output_path, WEIGHTS_FILE),
-            )
+        save_fusion_weights(self.layer_weights, "layer_weights", output_path)
 
     @classmethod
     def load(cls, model_name_or_path: str, subfolder: str = "", **kwargs) -> LayerSelect:
-        config = load_module_config(cls, model_name_or_path, subfolder)
-        if config.get("fusion") == "weighted":
-            weights_path = os.path.join(model_name_or_path, subfolder, WEIGHTS_FILE)
-            if not os.path.isfile(weights_path):
-                raise FileNotFoundError(f"fusion='weighted' but the layer weights file {weights_path} is missing.")
-            config["layer_weights"] = load_file(weights_path)["layer_weights"].tolist()
-        return cls(**config)
+        config = load_module_config(
+            cls, model_name_or_path, subfolder, renamed={"num_hidden_layers": "source_num_layers"}
+        )
+        folder = os.path.join(model_name_or_path, subfolder)
+        return cls(**config, layer_weights=load_fusion_weights(config["fusion"], "layer_weights", folder))
 
     def __repr__(self) -> str:
         return f"LayerSelect({self.get_config_dict()})"

@@ -7,15 +7,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer
 
 from lafusion_st._compat import InputModule
+from lafusion_st.files import check_component
 from lafusion_st.fusion import FUSION_MODES, FusionMode, fuse, fused_dimension
 from lafusion_st.model import FusedSentenceTransformer
 from lafusion_st.modules.config_io import load_module_config
-
-WEIGHTS_FILE = "model.safetensors"
+from lafusion_st.modules.fusion_weights import init_fusion_weights, load_fusion_weights, save_fusion_weights
 
 
 class MultiModelFuse(InputModule):
@@ -56,6 +55,8 @@ class MultiModelFuse(InputModule):
         if len(members) < 2:
             raise ValueError(f"MultiModelFuse fuses at least two models, got {len(members)}.")
         self.member_names = list(member_names) if member_names is not None else [str(i) for i in range(len(members))]
+        for name in self.member_names:
+            check_component(name, "Member name")
         if len(self.member_names) != len(members) or len(set(self.member_names)) != len(members):
             raise ValueError(f"member_names {self.member_names} must be {len(members)} distinct names.")
         dimensions = [member.get_embedding_dimension() for member in members]
@@ -64,15 +65,7 @@ class MultiModelFuse(InputModule):
         self.embedding_dimension = fused_dimension(dimensions, fusion)
         self.fusion = fusion
         self.members = torch.nn.ModuleList(members)
-        if fusion == "weighted":
-            initial = model_weights if model_weights is not None else [1.0 / len(members)] * len(members)
-            if len(initial) != len(members):
-                raise ValueError(f"Got {len(initial)} model_weights for {len(members)} members.")
-            self.model_weights = torch.nn.Parameter(torch.tensor([float(w) for w in initial]))
-        elif model_weights is not None:
-            raise ValueError(f"model_weights are only used with fusion='weighted', not {fusion!r}.")
-        else:
-            self.model_weights = None
+        self.model_weights = init_fusion_weights(fusion, model_weights, len(members), "model_weights")
 
     # Each member tokenizes for itself; features are namespaced "<member index>.<key>" so that
     # sentence-transformers can move them to the device as one flat dict.
@@ -116,11 +109,7 @@ class MultiModelFuse(InputModule):
         for name, member in zip(self.member_names, self.members, strict=True):
             member.save(os.path.join(output_path, "members", name), safe_serialization=safe_serialization)
         self.save_config(output_path)
-        if self.model_weights is not None:
-            save_file(
-                {"model_weights": self.model_weights.detach().cpu().contiguous()},
-                os.path.join(output_path, WEIGHTS_FILE),
-            )
+        save_fusion_weights(self.model_weights, "model_weights", output_path)
 
     @classmethod
     def load(
@@ -129,7 +118,10 @@ class MultiModelFuse(InputModule):
         root = os.path.join(model_name_or_path, subfolder)
         config = load_module_config(cls, model_name_or_path, subfolder)
         members = []
+        if not isinstance(config["member_names"], list):
+            raise ValueError(f"member_names in {root} must be a list, got {config['member_names']!r}.")
         for name in config["member_names"]:
+            check_component(name, "Member name", root=os.path.join(root, "members"))
             member_path = os.path.join(root, "members", name)
             if not os.path.isfile(os.path.join(member_path, "modules.json")):
                 raise FileNotFoundError(
@@ -138,12 +130,7 @@ class MultiModelFuse(InputModule):
             members.append(
                 FusedSentenceTransformer(member_path, local_files_only=True, trust_remote_code=trust_remote_code)
             )
-        weights = None
-        if config["fusion"] == "weighted":
-            weights_path = os.path.join(root, WEIGHTS_FILE)
-            if not os.path.isfile(weights_path):
-                raise FileNotFoundError(f"fusion='weighted' but the model weights file {weights_path} is missing.")
-            weights = load_file(weights_path)["model_weights"].tolist()
+        weights = load_fusion_weights(config["fusion"], "model_weights", root)
         return cls(members, fusion=config["fusion"], model_weights=weights, member_names=config["member_names"])
 
     def __repr__(self) -> str:

@@ -49,11 +49,13 @@ class TruncatedTransformer(Transformer):
             ``num_layers + 1`` entries, numbered as in the full model.
         source_num_layers: Depth of the original model. Set automatically on first truncation and saved,
             so a reloaded truncated folder knows its last state must stay un-normalised.
+        source_model: The model folder this backbone was first loaded from; set automatically and saved, so
+            that a saved embedder passed where a model is expected can name the model to pass instead.
         **transformer_kwargs: Passed to ``sentence_transformers`` ``Transformer`` (``max_seq_length``,
             ``model_kwargs``, ``processor_kwargs``, ``config_kwargs``, ...).
     """
 
-    config_keys: list[str] = [*Transformer.config_keys, "num_layers", "source_num_layers"]
+    config_keys: list[str] = [*Transformer.config_keys, "num_layers", "source_num_layers", "source_model"]
 
     def __init__(
         self,
@@ -61,6 +63,7 @@ class TruncatedTransformer(Transformer):
         *,
         num_layers: int | None = None,
         source_num_layers: int | None = None,
+        source_model: str | None = None,
         **transformer_kwargs: Any,
     ) -> None:
         config_kwargs = dict(transformer_kwargs.pop("config_kwargs", None) or {})
@@ -73,6 +76,9 @@ class TruncatedTransformer(Transformer):
         layer_list = find_layer_list(self.auto_model)
         loaded_layers = len(layer_list)
         self.source_num_layers = int(source_num_layers if source_num_layers is not None else loaded_layers)
+        # A reloaded folder (source_num_layers given) is not the source; folders saved before this was recorded
+        # keep None.
+        self.source_model = source_model if source_num_layers is not None else str(model_name_or_path)
         self.num_layers = int(num_layers if num_layers is not None else loaded_layers)
         if not 1 <= self.num_layers <= loaded_layers:
             raise ValueError(
@@ -194,7 +200,12 @@ class TruncatedTransformer(Transformer):
                 OUTPUT_RECORDING_REGISTRY.setdefault(str(type(module)), module._can_record_outputs)
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {**super().get_config_dict(), "num_layers": self.num_layers, "source_num_layers": self.source_num_layers}
+        return {
+            **super().get_config_dict(),
+            "num_layers": self.num_layers,
+            "source_num_layers": self.source_num_layers,
+            "source_model": self.source_model,
+        }
 
     def __repr__(self) -> str:
         return (
