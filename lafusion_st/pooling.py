@@ -31,9 +31,12 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: PoolingMode) 
             summary of a causal LM) or ``"max"`` (element-wise max over real tokens).
 
     Returns:
-        ``[..., batch, hidden]``; rows whose mask is all zero give zeros.
+        ``[..., batch, hidden]`` in float32 (float64 stays float64); rows whose mask is all zero give zeros.
+        Why float32: a mean over hundreds of fp16 states sums past fp16's largest value (65504) and becomes
+        ``inf``; the ONNX fp16 graphs keep their reductions in float32 for the same reason.
     """
     check_pooling_mode(mode)
+    hidden = hidden.to(torch.promote_types(hidden.dtype, torch.float32))
     mask = attention_mask.to(torch.bool)
     has_tokens = mask.any(dim=-1, keepdim=True)  # [batch, 1]
     token_mask = mask.unsqueeze(-1)  # [batch, seq, 1]

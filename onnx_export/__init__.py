@@ -13,6 +13,7 @@ from typing import Any
 from onnx_export.encoder import ORTFusedEncoder
 from onnx_export.errors import (
     ExportedModelError,
+    NonFiniteEmbeddingError,
     ParityError,
     ProviderUnavailableError,
     TokenizerMismatchError,
@@ -29,6 +30,7 @@ _NEEDS_TORCH = {
 
 __all__ = [
     "ExportedModelError",
+    "NonFiniteEmbeddingError",
     "ORTFusedEncoder",
     "ParityError",
     "ProviderUnavailableError",

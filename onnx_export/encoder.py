@@ -23,7 +23,7 @@ import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf, NoSuchFile
 
 from lafusion_st.errors import InvalidArgumentError
-from onnx_export.errors import ExportedModelError
+from onnx_export.errors import ExportedModelError, NonFiniteEmbeddingError
 from onnx_export.manifest import DTYPES, read_manifest, spec_of, verify_files, verify_tokenizer
 from onnx_export.providers import PROVIDERS, check_session_providers, requested_providers
 from onnx_export.tokenization import MemberTokenizer
@@ -59,6 +59,7 @@ class ORTFusedEncoder:
         ExportedModelError: Manifest, graph or external-data file missing, truncated or corrupted.
         TokenizerMismatchError: A tokenizer file is not the one exported with its graph.
         ProviderUnavailableError: ``provider="cuda"`` on a machine where CUDA cannot run.
+        NonFiniteEmbeddingError: From :meth:`encode`, when a graph yields NaN or infinite coordinates.
     """
 
     def __init__(
@@ -199,6 +200,13 @@ class ORTFusedEncoder:
         for start in starts:
             batch = order[start : start + batch_size]
             vectors[batch] = self.run(self.tokenize([texts[index] for index in batch], prompt))
+        if not np.isfinite(vectors).all():
+            bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+            raise NonFiniteEmbeddingError(
+                f"The {self.dtype} graphs of {self.path} gave NaN or infinite coordinates for input(s) "
+                f"{bad[:10].tolist()}{' ...' if len(bad) > 10 else ''}. This is an overflow of a reduced-precision "
+                "variant or a damaged graph; use dtype='fp32' (validated against PyTorch at export)."
+            )
         if normalize_embeddings:
             vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 

@@ -28,6 +28,10 @@ class ProviderUnavailableError(LafusionError, RuntimeError):
     """An execution provider was asked for explicitly and ONNX Runtime cannot use it here."""
 
 
+class NonFiniteEmbeddingError(ValueError):
+    """ONNX Runtime produced NaN or infinite coordinates (typically an fp16/int8 graph overflowing)."""
+
+
 class ParityError(ValueError):
     """ONNX Runtime and PyTorch disagree beyond ``atol + rtol * |torch|`` on one input grid.
 

@@ -17,7 +17,6 @@ we need the loaded model anyway: for the manifest, for splitting members, and fo
 from __future__ import annotations
 
 import importlib.metadata
-import inspect
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -230,10 +229,7 @@ def _export_member(
 ) -> dict[str, Any]:
     backbone: TruncatedTransformer = member[0]
     tokenizer = backbone.tokenizer
-    # The Hugging Face forward's own signature, not sentence-transformers' model_forward_params (which also
-    # lists token_type_ids for decoders that only swallow them in **kwargs, and the tracer then drops them).
-    takes_token_types = "token_type_ids" in inspect.signature(backbone.auto_model.forward).parameters
-    with_token_type_ids = takes_token_types and "token_type_ids" in tokenizer.model_input_names
+    with_token_type_ids = backbone.takes_token_type_ids and "token_type_ids" in tokenizer.model_input_names
     onnx_config = FusedEmbedderOnnxConfig(backbone.auto_model.config, with_token_type_ids=with_token_type_ids)
     # Optimum infers the library from the class's module: hand it a plain SentenceTransformer over the same
     # modules (a lafusion subclass would not be recognised).

@@ -4,7 +4,7 @@ Why not ``transformers``: the deployed encoder must run where only onnxruntime, 
 installed. A Hugging Face *fast* tokenizer is a ``tokenizers.Tokenizer`` plus call-time settings; those
 settings (padding side, pad id, truncation to ``max_seq_length``, which inputs the model takes) are read
 from the manifest and applied here, and so is :class:`~lafusion_st.modules.TruncatedTransformer`'s rule
-that an empty text, which most decoder tokenizers turn into zero tokens, is encoded as its BOS/EOS token.
+that a text the tokenizer turns into zero tokens (such as the empty string) is encoded as its BOS/EOS token.
 """
 
 from __future__ import annotations
@@ -48,7 +48,10 @@ class MemberTokenizer:
     def __call__(self, texts: list[str], prompt: str | None = None) -> dict[str, np.ndarray]:
         """Graph inputs for ``texts``; ``prompt`` is prepended after the empty-text rule, as in PyTorch."""
         if self.empty_text_substitute is not None:
-            texts = [text if text else self.empty_text_substitute for text in texts]
+            lengths = [sum(encoding.attention_mask) for encoding in self.tokenizer.encode_batch(texts)]
+            texts = [
+                text if length else self.empty_text_substitute for text, length in zip(texts, lengths, strict=True)
+            ]
         if prompt:
             texts = [prompt + text for text in texts]
         encodings = self.tokenizer.encode_batch(texts)

@@ -2,9 +2,11 @@
 
 Why several grids: a traced graph can be right for the shapes it was traced with and wrong elsewhere
 (padding frozen into the mask, positions computed from the sequence instead of the mask). Each graph
-grid feeds *the same token ids* to PyTorch and ONNX Runtime (batch 1 and 7, left and right padding), so a
-difference is the graph's fault; the ``encode`` grid then compares ``ORTFusedEncoder.encode`` with
-``SentenceTransformer.encode`` end to end, which adds the torch-free tokenizer (empty text included).
+grid feeds *the same token ids* to PyTorch and ONNX Runtime (batch 1, 7 and 16, more than there are
+validation texts; left and right padding), so a difference is the graph's fault; the ``encode`` grid then
+compares ``ORTFusedEncoder.encode`` with ``SentenceTransformer.encode`` end to end, which adds the torch-free
+tokenizer (empty and whitespace-only texts included). Every grid also holds a text longer than
+``max_seq_length``, so truncation is compared too.
 
 Tolerance is ``numpy.allclose``'s ``|ort - torch| <= atol + rtol * |torch|``, element-wise. Why a relative
 term: LLM hidden states have a few "massive activation" coordinates (SmolLM2's pooled vectors reach 2.5e4,
@@ -38,8 +40,9 @@ VALIDATION_TEXTS: tuple[str, ...] = (
     "I hated this boring film, and the plot made no sense at all; the actors looked as lost as I was.",
     "Oil prices rose.",
     "Wheat and grain exports to Europe were up ten percent in the third quarter, the ministry said.",
+    " \t ",
 )
-GRIDS: tuple[tuple[int, str], ...] = ((1, "right"), (1, "left"), (7, "right"), (7, "left"))
+GRIDS: tuple[tuple[int, str], ...] = ((1, "right"), (1, "left"), (7, "right"), (7, "left"), (16, "right"), (16, "left"))
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,12 @@ def compare_with_pytorch(
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
 ) -> list[GridResult]:
-    """Measure ONNX Runtime against PyTorch on each ``(batch_size, padding_side)`` grid and on ``encode``."""
+    """Measure ONNX Runtime against PyTorch on each ``(batch_size, padding_side)`` grid and on ``encode``.
+
+    A text longer than the model's ``max_seq_length`` is added to ``texts``; batches cycle through the texts.
+    """
     measure = functools.partial(_measure, atol=atol, rtol=rtol)
+    texts = [*texts, " ".join(["the movie was fun"] * (model.max_seq_length or 1))]
     results = []
     for batch_size, padding_side in grids:
         batch = [texts[index % len(texts)] for index in range(batch_size)]

@@ -7,20 +7,34 @@ absolute positions, with and without a pad token) is exercised on real computati
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     AutoModel,
+    AutoTokenizer,
     BertConfig,
+    FalconConfig,
+    Gemma2Config,
     Gemma3TextConfig,
     GPT2Config,
+    GraniteConfig,
     LlamaConfig,
+    MistralConfig,
+    Olmo2Config,
+    Phi3Config,
+    PretrainedConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
+    Qwen3Config,
+    StableLmConfig,
 )
+
+from lafusion_st.pooling import pool
 
 WORDS = (
     "the a an movie film was is good bad great terrible boring fun plot actors story and but not very "
@@ -99,7 +113,31 @@ def _configs(vocab_size: int) -> dict[str, tuple]:
     }
 
 
+def _more_decoder_configs(vocab_size: int) -> dict[str, PretrainedConfig]:
+    """Decoder families of the paper's models and a few more, beyond the five every test runs on."""
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=HIDDEN,
+        num_hidden_layers=NUM_LAYERS,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        pad_token_id=1,
+    )
+    gqa = dict(common, intermediate_size=64, num_key_value_heads=2)
+    return {
+        "gemma2": Gemma2Config(**gqa, head_dim=8, sliding_window=4),
+        "mistral": MistralConfig(**gqa),
+        "qwen3": Qwen3Config(**gqa, head_dim=8),
+        "falcon": FalconConfig(**common),
+        "phi3": Phi3Config(**gqa),
+        "olmo2": Olmo2Config(**gqa),
+        "granite": GraniteConfig(**gqa),
+        "stablelm": StableLmConfig(**gqa),
+    }
+
+
 FAMILIES = ("llama", "qwen2", "gemma3", "gpt2", "bert")
+MORE_DECODER_FAMILIES = ("gemma2", "mistral", "qwen3", "falcon", "phi3", "olmo2", "granite", "stablelm")
 DECODER_FAMILIES = ("llama", "qwen2", "gemma3", "gpt2")
 
 
@@ -118,6 +156,43 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         tokenizers[tokenizer_kind].save_pretrained(folder)
         folders[family] = str(folder)
     return folders
+
+
+@pytest.fixture(scope="session")
+def more_tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], str]:
+    """``get(family)`` -> folder of a tiny model of one of :data:`MORE_DECODER_FAMILIES`, built on first use.
+
+    Their word-level tokenizer returns ``token_type_ids``, which Falcon and StableLM must never receive."""
+    root = tmp_path_factory.mktemp("more_tiny_models")
+    tokenizer = _tokenizer("decoder")
+    configs = _more_decoder_configs(len(tokenizer))
+    folders: dict[str, str] = {}
+
+    def get(family: str) -> str:
+        if family not in folders:
+            torch.manual_seed(0)
+            folder = Path(root, family)
+            AutoModel.from_config(configs[family]).save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            folders[family] = str(folder)
+        return folders[family]
+
+    return get
+
+
+def reference_embeddings(folder: str, layers: list[int], pooling: str) -> np.ndarray:
+    """Pool the *full* model's hidden states one text at a time (no padding at all)."""
+    model = AutoModel.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    rows = []
+    for text in SENTENCES:
+        encoded = tokenizer([text], return_tensors="pt")
+        with torch.inference_mode():
+            states = model(
+                input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"], output_hidden_states=True
+            ).hidden_states
+        rows.append(torch.cat([pool(states[layer], encoded["attention_mask"], pooling) for layer in layers], dim=-1)[0])
+    return torch.stack(rows).numpy()
 
 
 @pytest.fixture(params=FAMILIES)

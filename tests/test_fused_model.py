@@ -9,32 +9,18 @@ import numpy as np
 import pytest
 import sentence_transformers
 import torch
-from conftest import DECODER_FAMILIES, NUM_LAYERS, SENTENCES
+from conftest import DECODER_FAMILIES, NUM_LAYERS, SENTENCES, reference_embeddings
 from safetensors import safe_open
 from sentence_transformers import SentenceTransformer
-from transformers import AutoModel, AutoTokenizer
 
 from lafusion_st import FusedSentenceTransformer, build_fused_model
 from lafusion_st.modules import TruncatedTransformer, truncated_transformer
-from lafusion_st.pooling import POOLING_MODES, pool
+from lafusion_st.pooling import POOLING_MODES
 
 # sentence-transformers 6 imports module classes from outside its own package only with trust_remote_code=True,
 # even from a local folder; FusedSentenceTransformer reads lafusion folders without it on every release.
 ST6 = int(sentence_transformers.__version__.split(".")[0]) >= 6
 PLAIN_LOAD_KWARGS = {"trust_remote_code": True} if ST6 else {}
-
-
-def reference_embeddings(folder: str, layers: list[int], pooling: str) -> np.ndarray:
-    """Pool the *full* model's hidden states one text at a time (no padding at all)."""
-    model = AutoModel.from_pretrained(folder).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    rows = []
-    for text in SENTENCES:
-        encoded = tokenizer([text], return_tensors="pt")
-        with torch.inference_mode():
-            states = model(**encoded, output_hidden_states=True).hidden_states
-        rows.append(torch.cat([pool(states[layer], encoded["attention_mask"], pooling) for layer in layers], dim=-1)[0])
-    return torch.stack(rows).numpy()
 
 
 @pytest.mark.parametrize("pooling", POOLING_MODES)
@@ -168,6 +154,22 @@ class TestBadInput:
             model.encode([long_text])
         assert caplog.text.count("longer than max_seq_length=6") == 1
         np.testing.assert_allclose(first[0], model.encode([" ".join(["good"] * 6)])[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2"])
+def test_zero_token_texts_get_the_empty_text_vector_alone_and_in_a_batch(tiny_models, family) -> None:
+    """Item 6: these tokenizers drop whitespace entirely; such a text is the empty text (BOS, else EOS)."""
+    model = build_fused_model(tiny_models[family], layers=[1, 2], pooling="mean")
+    assert model.tokenizer(" \t ")["input_ids"] == [] and model.tokenizer("")["input_ids"] == []
+    empty = model.encode([""])[0]
+    np.testing.assert_array_equal(empty, model.encode([model.tokenizer.bos_token])[0])
+    assert np.abs(empty).max() > 0
+    for text in (" \t ", "\n"):
+        np.testing.assert_allclose(model.encode([text])[0], empty, atol=1e-6)
+        batch = model.encode(["the movie was very good", text, "fun"], batch_size=3)
+        np.testing.assert_allclose(batch[1], empty, atol=1e-5)  # batching moves gemma3 by 2e-6
+        with_prompt = model.encode([text, ""], prompt="the ")
+        np.testing.assert_allclose(with_prompt[0], with_prompt[1], atol=1e-6)
 
 
 def test_encode_options_and_multi_process_pool(tiny_models) -> None:

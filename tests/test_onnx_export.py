@@ -28,6 +28,7 @@ from lafusion_st.fusion import FUSION_MODES, fuse
 from lafusion_st.modules import TruncatedTransformer
 from onnx_export import (
     ExportedModelError,
+    NonFiniteEmbeddingError,
     ORTFusedEncoder,
     ParityError,
     ProviderUnavailableError,
@@ -134,6 +135,45 @@ def test_encode_options_match_sentence_transformers(exported):
         encoder.encode(["fine", 3])
     with pytest.raises(ValueError, match="batch_size"):
         encoder.encode(texts, batch_size=0)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_zero_token_texts_match_pytorch_alone_and_in_a_batch(exported, family):
+    """Item 6: a text the tokenizer drops entirely is the empty text in ONNX Runtime too (alone it crashed)."""
+    model, folder = exported(family)
+    encoder = ORTFusedEncoder(folder, provider="cpu")
+    empty = model.encode([""])[0]
+    for texts in ([" \t "], ["the movie was very good", " \t ", "fun"]):
+        observed = encoder.encode(texts, batch_size=len(texts))
+        np.testing.assert_allclose(observed, model.encode(texts), atol=FP32_ATOL)
+        np.testing.assert_allclose(observed[texts.index(" \t ")], empty, atol=FP32_ATOL)
+
+
+def test_non_finite_output_raises_instead_of_returning_it(exported, monkeypatch):
+    """Item 9: an overflowing graph (fp16 typically) must not hand NaN/inf to the caller."""
+    _, folder = exported("llama")
+    encoder = ORTFusedEncoder(folder, provider="cpu")
+    session = encoder.members[0].session
+    real_run = session.run
+
+    class Overflowing:
+        def run(self, names, feeds):
+            outputs = real_run(names, feeds)
+            outputs[0][-1, 0] = np.inf
+            return outputs
+
+    monkeypatch.setattr(encoder.members[0], "session", Overflowing())
+    with pytest.raises(NonFiniteEmbeddingError, match=r"input\(s\) \[1\].*dtype='fp32'"):
+        encoder.encode(["the movie was very good", "fun"], batch_size=2)
+
+
+def test_long_texts_and_large_batches_match_pytorch(exported):
+    """Item 9: texts beyond max_seq_length (truncated) and batches beyond the seven validation texts."""
+    model, folder = exported("qwen2")
+    texts = [" ".join(["the movie was fun"] * model.max_seq_length), *SENTENCES * 4]
+    observed = ORTFusedEncoder(folder, provider="cpu").encode(texts, batch_size=len(texts))
+    np.testing.assert_allclose(observed, model.encode(texts, batch_size=len(texts)), atol=FP32_ATOL)
+    assert max(batch for batch, _ in GRIDS) > 7
 
 
 def test_multi_model_export_one_graph_per_member_and_a_fusion_graph(tiny_models, tmp_path):

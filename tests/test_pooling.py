@@ -53,3 +53,14 @@ def test_row_without_tokens_pools_to_zeros_even_with_nan_pads(mode: str) -> None
 def test_unknown_pooling_mode_lists_choices() -> None:
     with pytest.raises(ValueError, match="'mean', 'last', 'max'"):
         check_pooling_mode("cls")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reduced_precision_states_pool_in_float32(dtype) -> None:
+    """Item 9: 300 fp16 states of 60000 summed in fp16 overflow to inf; pooled in float32 the mean is exact."""
+    hidden = torch.full((1, 300, 2), 60000.0, dtype=dtype)
+    mask = torch.ones(1, 300, dtype=torch.long)
+    for mode in POOLING_MODES:
+        pooled = pool(hidden, mask, mode)
+        assert pooled.dtype == torch.float32
+        torch.testing.assert_close(pooled, hidden[:, 0].float(), rtol=0, atol=0)

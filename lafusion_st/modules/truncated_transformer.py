@@ -15,10 +15,11 @@ by ``SentenceTransformer(path)``. What it adds:
 * **Decoder tokenizer pitfalls.** A missing pad token is set to EOS (said in a log message);
   ``position_ids`` are derived from the attention mask so left and right padding give the same vectors,
   also for absolute-position models such as GPT-2.
-* **Bad input.** Non-string items raise ``TypeError``; an empty string, which most decoder tokenizers
-  turn into zero tokens, is encoded as the tokenizer's BOS token (EOS if it has none): the model's state
-  for "no text". Whitespace-only strings are tokenized as they are. Texts longer than ``max_seq_length``
-  are truncated, with one warning per module.
+* **Bad input.** Non-string items raise ``TypeError``. A text that tokenizes to zero tokens (the empty
+  string for most decoder tokenizers, and whatever else a tokenizer drops entirely, such as whitespace
+  for some) is encoded as the tokenizer's BOS token (EOS if it has none): the model's state for "no
+  text", the same alone and in a batch. Texts longer than ``max_seq_length`` are truncated, with one
+  warning per module.
 """
 
 from __future__ import annotations
@@ -99,8 +100,12 @@ class TruncatedTransformer(Transformer):
         self._empty_text_substitute = self._find_empty_text_substitute()
         self._warned_truncation = False
         # From the signature, not ``model_forward_params``: sentence-transformers 6 sets that to None for
-        # models whose forward takes ``**kwargs`` (all of transformers 5).
-        self._takes_position_ids = "position_ids" in inspect.signature(self.auto_model.forward).parameters
+        # models whose forward takes ``**kwargs`` (all of transformers 5), and 5.x adds ``token_type_ids`` to it
+        # whatever the model, which Falcon or StableLM then receive through ``**kwargs`` and fail on.
+        parameters = inspect.signature(self.auto_model.forward).parameters
+        self._takes_position_ids = "position_ids" in parameters
+        self.takes_token_type_ids = "token_type_ids" in parameters
+        """Whether the backbone's forward names ``token_type_ids``; if not, they are never passed to it."""
 
     # ----------------------------------------------------------------------------------------- setup
     def _probe_reference(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -146,8 +151,12 @@ class TruncatedTransformer(Transformer):
             if not isinstance(text, str):
                 raise TypeError(f"Input {index} is {type(text).__name__} ({text!r}); lafusion embeds strings only.")
         if self._empty_text_substitute is not None:
-            inputs = [text if text else self._empty_text_substitute for text in inputs]
+            # Tokenized alone (without the prompt), so a text is substituted the same way with or without one.
+            token_ids = self.tokenizer(list(inputs), verbose=False)["input_ids"]
+            inputs = [text if ids else self._empty_text_substitute for text, ids in zip(inputs, token_ids, strict=True)]
         features = super().preprocess(inputs, prompt=prompt, **kwargs)
+        if not self.takes_token_type_ids:
+            features.pop("token_type_ids", None)
         self._warn_if_truncated(inputs, features)
         return features
 
