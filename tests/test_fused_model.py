@@ -101,11 +101,19 @@ def test_multi_model_fusion_save_load_and_values(tiny_models, tmp_path) -> None:
         assert np.abs(reloaded.encode(SENTENCES) - fused).max() == 0.0
 
 
-@pytest.mark.skipif(not ST6, reason="sentence-transformers < 6 trusts module classes in local folders")
-def test_plain_load_asks_for_trust_remote_code_on_st6(tiny_models, tmp_path) -> None:
-    build_fused_model([tiny_models["llama"], tiny_models["bert"]], layers=[1]).save(str(tmp_path))
-    with pytest.raises(ValueError, match="trust_remote_code=True"):
-        SentenceTransformer(str(tmp_path))
+def test_lafusion_loader_needs_no_flag_and_plain_load_follows_the_release(tiny_models, tmp_path) -> None:
+    """FusedSentenceTransformer reads lafusion folders without trust_remote_code on every release; a plain
+    SentenceTransformer(path) asks for it on sentence-transformers 6 and (outside lafusion's control) trusts
+    local folders on 5.x."""
+    model = build_fused_model([tiny_models["llama"], tiny_models["bert"]], layers=[1])
+    model.save(str(tmp_path))
+    expected = model.encode(SENTENCES)
+    assert np.abs(FusedSentenceTransformer(str(tmp_path)).encode(SENTENCES) - expected).max() == 0.0
+    if ST6:
+        with pytest.raises(ValueError, match="trust_remote_code=True"):
+            SentenceTransformer(str(tmp_path))
+    else:
+        assert np.abs(SentenceTransformer(str(tmp_path)).encode(SENTENCES) - expected).max() == 0.0
 
 
 def test_multi_model_mean_needs_equal_dimensions(tiny_models) -> None:

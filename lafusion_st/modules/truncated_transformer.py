@@ -96,6 +96,7 @@ class TruncatedTransformer(Transformer):
             silence_final_norm(self.auto_model)
             if probe is not None:
                 self._check_truncation(*probe)
+        self._cap_max_seq_length()
         self._fix_pad_token()
         self._empty_text_substitute = self._find_empty_text_substitute()
         self._warned_truncation = False
@@ -125,6 +126,22 @@ class TruncatedTransformer(Transformer):
                 f"{self.num_layers} (max abs diff {(truncated - reference).abs().max():.3g}); its final norm is "
                 f"not under one of the names {FINAL_NORM_NAMES}. Select the last layer to avoid truncation."
             )
+
+    def _cap_max_seq_length(self) -> None:
+        """Never tokenize past the model's position table: absolute-position models (GPT-2, BERT) index out of
+        range there, and rotary ones were not trained beyond it. sentence-transformers applies the same limit
+        when no ``max_seq_length`` is given; an explicit larger one is lowered, and said."""
+        config = self.auto_model.config
+        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if isinstance(limit, int) and self.max_seq_length is not None and self.max_seq_length > limit:
+            logger.warning(
+                "max_seq_length=%d exceeds the %d positions of %s; using max_seq_length=%d.",
+                self.max_seq_length,
+                limit,
+                type(self.auto_model).__name__,
+                limit,
+            )
+            self.max_seq_length = limit
 
     def _fix_pad_token(self) -> None:
         tokenizer = self.tokenizer
