@@ -383,6 +383,26 @@ def test_missing_graph_or_manifest(exported, tmp_path):
         ORTFusedEncoder(no_graph, provider="cpu")
 
 
+def test_manifest_names_that_leave_the_folder_are_refused(exported, tmp_path):
+    """Item 2: a manifest may name only files inside its folder, even intact ones with the right checksum."""
+    _, folder = exported("llama")
+    copy = damaged_copy(folder, tmp_path)
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    graph = manifest["members"][0]["graphs"]["fp32"]
+    shutil.move(copy / graph["file"], tmp_path / "outside.onnx")
+    graph["files"] = {"../outside.onnx": graph["files"].pop(graph["file"])}
+    graph["file"] = "../outside.onnx"
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ExportedModelError, match="names files it may not use: Graph file '../outside.onnx'"):
+        ORTFusedEncoder(copy, provider="cpu")
+    for field, value, match in (("folder", "../copy", "member folder '../copy'"), ("folder", "/", "member folder")):
+        edited = json.loads(json.dumps(manifest))
+        edited["members"][0][field] = value
+        (copy / MANIFEST_FILE).write_text(json.dumps(edited))
+        with pytest.raises(ExportedModelError, match=match):
+            ORTFusedEncoder(copy, provider="cpu")
+
+
 def test_swapped_tokenizer_is_refused(exported, tiny_models, tmp_path):
     _, folder = exported("llama")
     swapped = damaged_copy(folder, tmp_path)
