@@ -7,6 +7,7 @@ absolute positions, with and without a pad token) is exercised on real computati
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 
@@ -184,13 +185,14 @@ def reference_embeddings(folder: str, layers: list[int], pooling: str) -> np.nda
     """Pool the *full* model's hidden states one text at a time (no padding at all)."""
     model = AutoModel.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    forward_parameters = inspect.signature(model.forward).parameters
     rows = []
     for text in SENTENCES:
         encoded = tokenizer([text], return_tensors="pt")
         with torch.inference_mode():
-            states = model(
-                input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"], output_hidden_states=True
-            ).hidden_states
+            # What the tokenizer gives and the forward names (Falcon/StableLM take no token_type_ids).
+            inputs = {name: value for name, value in encoded.items() if name in forward_parameters}
+            states = model(**inputs, output_hidden_states=True).hidden_states
         rows.append(torch.cat([pool(states[layer], encoded["attention_mask"], pooling) for layer in layers], dim=-1)[0])
     return torch.stack(rows).numpy()
 
