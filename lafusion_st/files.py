@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from lafusion_st.errors import InvalidArgumentError
+
 _BLOCK = 1 << 20
 
 
@@ -57,8 +59,8 @@ def check_component(name: object, what: str, root: str | Path | None = None) -> 
     would make a saved folder write or read outside itself.
 
     Raises:
-        ValueError: ``name`` is not a string, is empty, ``.``/``..``, absolute, holds a path separator, or
-            (when ``root`` is given) names a symlink that resolves outside ``root``.
+        InvalidArgumentError: (a ``ValueError``) ``name`` is not a string, is empty, ``.``/``..``, absolute,
+            holds a path separator, or (when ``root`` is given) names a symlink that resolves outside ``root``.
     """
     separators = {sep for sep in (os.sep, os.altsep, "/", "\\") if sep}
     if (
@@ -68,14 +70,14 @@ def check_component(name: object, what: str, root: str | Path | None = None) -> 
         or "\0" in name
         or Path(name).is_absolute()
     ):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{what} {name!r} is not allowed: it must be a single folder or file name (no '/', '\\', '..', "
             "absolute paths or empty names), so that it stays inside the saved folder."
         )
     if root is not None:
         resolved_root = Path(root).resolve()
         if not Path(root, name).resolve().is_relative_to(resolved_root):
-            raise ValueError(f"{what} {name!r} in {root} leads outside that folder (a symlink?).")
+            raise InvalidArgumentError(f"{what} {name!r} in {root} leads outside that folder (a symlink?).")
     return name
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 
+from lafusion_st.errors import InvalidArgumentError
 from lafusion_st.saved_folder import OWN_MODULE_CLASSES, check_module_class, check_saved_modules, read_modules_json
 from lafusion_st.spec import EmbedderSpec, read_spec_file, write_spec_file
 
@@ -90,7 +91,7 @@ class FusedSentenceTransformer(SentenceTransformer):
                     f"{backbone_file} field num_layers keeps only {backbone.num_layers}"
                 )
             if problems:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"The saved embedder {folder} contradicts itself: " + "; ".join(problems) + ". The folder was "
                     "edited or assembled from different embedders; save it again from the built model."
                 )

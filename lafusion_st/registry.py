@@ -195,7 +195,7 @@ def resolve_model(name_or_path: str, cache_dir: str | Path | None = None) -> str
     if path.is_dir():
         sources = saved_embedder_sources(str(path))
         if sources is not None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{name_or_path!r} is a saved lafusion embedder, not a model: its backbone may keep only the first "
                 "layers of the model it was built from, and read as a model it would look like a shallower "
                 f"complete one (with the final norm on the wrong layer). Pass the model it was built from instead: "

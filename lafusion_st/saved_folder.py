@@ -12,6 +12,7 @@ import json
 import os
 from typing import Any
 
+from lafusion_st.errors import InvalidArgumentError
 from lafusion_st.files import check_component
 
 OWN_MODULES_PACKAGE = "lafusion_st.modules"
@@ -30,7 +31,7 @@ OWN_MODULE_CLASSES = frozenset(
 ST_PACKAGE = "sentence_transformers."
 
 
-class UntrustedModuleError(ValueError):
+class UntrustedModuleError(InvalidArgumentError):
     """A saved folder names a module class outside the allow-list; loading it would run that code."""
 
 

@@ -121,7 +121,7 @@ def fused_from_scan(scanned: dict[str, dict[str, LayerVectors]], spec: EmbedderS
         raise ValueError(f"{spec.name}: weighted fusion needs trained weights; encode with the built model.")
     per_model = [
         fuse(
-            [torch.from_numpy(vectors.vectors[layer]) for layer in resolve_layers(layers, vectors.num_hidden_layers)],
+            [torch.from_numpy(vectors.vectors[layer]) for layer in resolve_layers(layers, vectors.source_num_layers)],
             spec.fusion,
         )
         for model, layers, pooling in zip(spec.models, spec.layers, spec.pooling, strict=True)

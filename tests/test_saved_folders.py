@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from lafusion_st import FusedSentenceTransformer, build_fused_model
 from lafusion_st.cli import main as cli_main
 from lafusion_st.modules import MultiModelFuse
 from lafusion_st.registry import resolve_model
+from lafusion_st.saved_folder import UntrustedModuleError
 from lafusion_st.scan import LayerScanner
 from onnx_export import export
 
@@ -54,7 +56,9 @@ def _edit_json(path: Path, **fields) -> None:
 
 
 # ------------------------------------------------------------------------------------------- item 1
-def test_module_class_outside_the_allow_list_is_refused_by_every_loader(saved_single, saved_multi, tmp_path) -> None:
+def test_module_class_outside_the_allow_list_is_refused_by_every_loader(
+    saved_single, saved_multi, tmp_path, capsys
+) -> None:
     single = _copy(saved_single, tmp_path)
     _plant_evil_module(single)
     multi = _copy(saved_multi, tmp_path)
@@ -63,12 +67,15 @@ def test_module_class_outside_the_allow_list_is_refused_by_every_loader(saved_si
         "FusedSentenceTransformer": lambda: FusedSentenceTransformer(str(single)),
         "MultiModelFuse member": lambda: FusedSentenceTransformer(str(multi)),
         "export": lambda: export(single, tmp_path / "onnx"),
-        "lafusion embed --saved": lambda: cli_main(["embed", "--saved", str(single), "a text"]),
     }
+    refused = r"module class 'evil_module\.Evil'.*trust_remote_code=True"
     for name, load in loaders.items():
-        with pytest.raises(ValueError, match=r"module class 'evil_module\.Evil'.*trust_remote_code=True"):
+        with pytest.raises(UntrustedModuleError, match=refused):
             load()
         assert not (single / "RAN").exists() and not (multi / "members" / "1_bert" / "RAN").exists(), name
+    assert cli_main(["embed", "--saved", str(single), "a text"]) == 2  # a user error: one line, exit status 2
+    assert re.search(refused, capsys.readouterr().err)
+    assert not (single / "RAN").exists()
 
 
 def test_trust_remote_code_lets_the_caller_decide(saved_single, tmp_path) -> None:

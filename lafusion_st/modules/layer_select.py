@@ -95,9 +95,7 @@ class LayerSelect(Module):
 
     @classmethod
     def load(cls, model_name_or_path: str, subfolder: str = "", **kwargs) -> LayerSelect:
-        config = load_module_config(
-            cls, model_name_or_path, subfolder, renamed={"num_hidden_layers": "source_num_layers"}
-        )
+        config = load_module_config(cls, model_name_or_path, subfolder, renamed=RENAMED_KEYS)
         folder = os.path.join(model_name_or_path, subfolder)
         return cls(**config, layer_weights=load_fusion_weights(config["fusion"], "layer_weights", folder))
 
