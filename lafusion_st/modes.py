@@ -1,4 +1,4 @@
-"""The named choices lafusion accepts: pooling and fusion modes, and evaluation protocols.
+"""The named choices lafusion accepts: pooling and fusion modes, evaluation protocols, the noise rule's margin.
 
 Kept apart from the code that implements them, and free of heavy imports, so that the command line can
 list the choices in its parser (and ``lafusion --help`` can answer) without importing torch or MTEB.
@@ -17,3 +17,7 @@ FUSION_MODES: tuple[FusionMode, ...] = ("concat", "mean", "sum", "weighted")
 Protocol = Literal["standard", "paper"]
 PROTOCOLS: tuple[Protocol, ...] = ("standard", "paper")
 """``standard``: MTEB's classification protocol; ``paper``: the probe trained on the whole training split."""
+
+STANDARD_ERRORS = 1.0
+"""Default margin of the selection's noise rule: a more complex choice must gain more than this many standard
+errors of the paired per-fold CV difference (see :mod:`lafusion_st.selection`)."""

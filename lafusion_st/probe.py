@@ -1,12 +1,27 @@
 """Linear probes: how well a vector separates a task's classes, measured by cross-validation on train only.
 
 Why a linear probe: the embedder's consumer is a linear classifier (MTEB and the paper fit logistic
-regression on the vectors), so the score of a layer is the accuracy such a classifier reaches on it. The
-probe is ``StandardScaler -> LogisticRegression``; scaling matters because hidden states of different
-layers differ in scale by orders of magnitude, and it lets L-BFGS converge in few iterations.
+regression on the vectors), so the score of a layer is the accuracy such a classifier reaches on it. Features
+are standardised first: hidden states of different layers differ in scale by orders of magnitude.
 
-Cross-validation uses ``StratifiedKFold`` on the training split only; the test split is touched solely
-by :func:`fit_and_test`, for the final number of an already chosen configuration.
+Two probes, one job each (:data:`PROBES`):
+
+* ``"tuned"``, the probe of every reported and every deciding number (test rows, final choices,
+  complementarity, the MTEB paper protocol): ``StandardScaler -> LogisticRegression`` whose ``C`` is chosen
+  from ``ProbeConfig.Cs`` by an inner stratified CV on the data it is fit on (sklearn's
+  ``LogisticRegressionCV``: a warm-started path over ``Cs`` per inner fold, the ``C`` with the best mean
+  inner accuracy, ties to the stronger regularisation, refit on all of it). A fixed ``C=1`` over-fits the
+  576-1000 coordinates of an LLM layer and understated SST-2 accuracies by 2-8 points. Inside an outer CV
+  each outer fold tunes ``C`` on its own training part, so held-out texts never choose ``C`` (nested CV).
+* ``"ranking"``, for scoring many candidates (every layer, greedy rounds): ``StandardScaler -> ridge
+  classification`` whose ``alpha`` is chosen from ``ProbeConfig.alphas`` by efficient leave-one-out on the
+  training part (sklearn's ``RidgeClassifierCV``: one decomposition serves every alpha), several times
+  cheaper than one logistic fit. ``eval/bench_probe.py`` measures its cost and how well its layer ranking
+  agrees with the tuned probe's.
+
+Cross-validation uses ``StratifiedKFold`` on the training split only, with the same folds for every
+candidate scored on the same labels (so per-fold differences are paired); the test split is touched
+solely by :func:`fit_and_test`, for the final number of an already chosen configuration.
 
 Folds and rare classes (documented, tested behaviour):
 
@@ -17,7 +32,8 @@ Folds and rare classes (documented, tested behaviour):
 * a class with fewer members than folds (R52 has a class with one training text): kept, with a warning
   naming it. Such a class is missing from some folds' test parts, and a class with a single member is
   absent from training in the fold that tests it, so that one text always counts as an error: an honest,
-  slightly pessimistic score rather than a dropped class.
+  slightly pessimistic score rather than a dropped class. The inner CV of the tuned probe follows the same
+  rule, silently.
 """
 
 from __future__ import annotations
@@ -25,13 +41,13 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 from joblib import Parallel, delayed
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegressionCV, RidgeClassifierCV
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
@@ -39,47 +55,76 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
+from lafusion_st.stats import Interval, accuracy_interval
+
 Metric = Literal["accuracy", "macro_f1"]
 METRICS: tuple[Metric, ...] = ("accuracy", "macro_f1")
+Probe = Literal["tuned", "ranking"]
+PROBES: tuple[Probe, ...] = ("tuned", "ranking")
+
+C_GRID: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+"""Candidate ``C`` of the tuned probe: the range in which C chosen on SST-2 and R8 training splits fell
+(1e-3..1e-1 on SmolLM2/Gemma3 layers), one decade of margin each side."""
+
+ALPHA_GRID: tuple[float, ...] = tuple(float(10.0**power) for power in range(-1, 6))
+"""Candidate ``alpha`` of the ranking probe (ridge on standardised features, so alpha is relative to the
+number of training texts: 1e-1 is almost unregularised, 1e5 shrinks a few thousand rows hard)."""
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """Settings of the probe and of its cross-validation.
+    """Settings of the probes and of their cross-validation.
 
     Attributes:
-        folds: Folds of ``StratifiedKFold`` (reduced for tiny data, see the module docstring).
-        seed: Seed of the fold shuffling; the same seed gives the same folds for the same labels, so scores
-            of different layers and models are paired.
-        max_iter: L-BFGS iteration cap. Measured on SmolLM2 mean-pooled layers (SST-2, 2000 texts; R52,
-            1500 texts, 52 classes): with ``tol=1e-4`` every fit converged within 300 iterations and 1000
-            changed no score, while 100 left middle layers unconverged. A fit that hits the cap is recorded
-            in ``ProbeScore.converged`` rather than warned about.
-        tol: L-BFGS tolerance; sklearn's default 1e-4. 1e-3 halves the time but moved CV accuracies by up
-            to 0.5 points, as much as the greedy selection threshold, so it is not the default.
-        C: Inverse L2 regularisation strength of the logistic regression.
+        folds: Folds of the outer ``StratifiedKFold`` that scores a feature set (reduced for tiny data, see
+            the module docstring).
+        seed: Seed of the fold shuffling (outer and inner); the same seed gives the same folds for the same
+            labels, so scores of different layers and models are paired fold by fold.
+        max_iter: L-BFGS iteration cap of the tuned probe. A fit that hits the cap is recorded in
+            ``ProbeScore.converged`` rather than warned about.
+        tol: L-BFGS tolerance; sklearn's default 1e-4.
+        Cs: Candidate inverse L2 strengths of the tuned probe, searched by its inner CV.
+        inner_folds: Folds of the tuned probe's inner CV. 3 rather than 5: the choice of C is flat near its
+            optimum and each inner fold costs one path over ``Cs``.
+        alphas: Candidate ridge strengths of the ranking probe, searched by leave-one-out.
         n_jobs: Worker processes when many feature sets are scored (layers, selection candidates); each
             fit itself runs single-threaded (see :func:`score_many` for why). On a busy 2-core machine 2
-            workers were slower than 1 (R52: 126 s vs 97 s for 31 layers), hence the default 1.
+            workers were slower than 1, hence the default 1.
     """
 
     folds: int = 5
     seed: int = 0
     max_iter: int = 300
     tol: float = 1e-4
-    C: float = 1.0
+    Cs: tuple[float, ...] = C_GRID
+    inner_folds: int = 3
+    alphas: tuple[float, ...] = ALPHA_GRID
     n_jobs: int = 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 2:
-            raise ValueError(f"folds must be an integer >= 2, got {self.folds!r}.")
-        if self.max_iter < 1 or self.tol <= 0 or self.C <= 0:
-            raise ValueError(f"max_iter, tol and C must be positive, got {self.max_iter!r}, {self.tol!r}, {self.C!r}.")
+        for name in ("folds", "inner_folds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+                raise ValueError(f"{name} must be an integer >= 2, got {value!r}.")
+        if self.max_iter < 1 or self.tol <= 0:
+            raise ValueError(f"max_iter and tol must be positive, got {self.max_iter!r}, {self.tol!r}.")
+        for name in ("Cs", "alphas"):
+            grid = tuple(getattr(self, name))
+            if not grid or any(not value > 0 for value in grid):
+                raise ValueError(f"{name} must be a non-empty sequence of positive numbers, got {grid!r}.")
+            object.__setattr__(self, name, tuple(sorted(float(value) for value in grid)))
 
 
 @dataclass(frozen=True)
 class ProbeScore:
-    """Cross-validated quality of one feature set (mean and standard deviation over folds)."""
+    """Cross-validated quality of one feature set: mean and standard deviation over folds, and every fold's
+    value (for paired comparisons of candidates scored on the same folds).
+
+    Attributes:
+        probe: Which probe scored it (``tuned`` or ``ranking``).
+        regularisation_folds: The regularisation each outer fold chose on its training part: ``C`` for the
+            tuned probe, ``alpha`` for the ranking probe.
+    """
 
     accuracy_mean: float
     accuracy_std: float
@@ -89,6 +134,10 @@ class ProbeScore:
     num_samples: int
     num_features: int
     converged: bool
+    probe: Probe
+    accuracy_folds: tuple[float, ...]
+    macro_f1_folds: tuple[float, ...]
+    regularisation_folds: tuple[float, ...]
 
     def mean(self, metric: Metric) -> float:
         """The mean of ``metric`` (``accuracy`` or ``macro_f1``)."""
@@ -96,6 +145,10 @@ class ProbeScore:
 
     def std(self, metric: Metric) -> float:
         return getattr(self, f"{check_metric(metric)}_std")
+
+    def per_fold(self, metric: Metric) -> np.ndarray:
+        """``metric`` in each outer fold, in fold order."""
+        return np.asarray(getattr(self, f"{check_metric(metric)}_folds"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,16 +164,26 @@ class CrossValidation:
 
 @dataclass(frozen=True)
 class TestScore:
-    """Accuracy and macro-F1 on the test split of a probe trained on the full training split."""
+    """Test-split quality of the tuned probe trained on the full training split.
+
+    Attributes:
+        C: The ``C`` its inner CV chose on the training split.
+        accuracy_interval: 95% percentile-bootstrap interval of ``accuracy`` over test texts.
+        correct: Per test text, whether the probe got it right (for paired tests; not in ``to_dict``).
+    """
 
     accuracy: float
     macro_f1: float
     num_train: int
     num_test: int
     converged: bool
+    C: float
+    accuracy_interval: Interval
+    correct: np.ndarray = field(repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        fields = {name: value for name, value in vars(self).items() if name not in ("correct", "accuracy_interval")}
+        return {**fields, "accuracy_interval": self.accuracy_interval.to_dict()}
 
 
 def check_metric(metric: str) -> Metric:
@@ -129,18 +192,71 @@ def check_metric(metric: str) -> Metric:
     return metric  # type: ignore[return-value]
 
 
-def make_probe(config: ProbeConfig = ProbeConfig()) -> Pipeline:
-    """``StandardScaler -> LogisticRegression`` (lbfgs, multinomial for several classes)."""
+def check_probe(probe: str) -> Probe:
+    if probe not in PROBES:
+        raise ValueError(f"Unknown probe {probe!r}; choose one of {list(PROBES)}.")
+    return probe  # type: ignore[return-value]
+
+
+def tuned_probe(config: ProbeConfig = ProbeConfig(), inner_folds: int | None = None) -> Pipeline:
+    """An unfitted tuned probe: ``StandardScaler -> LogisticRegressionCV`` (C from ``config.Cs`` by a
+    shuffled stratified ``inner_folds``-fold CV of accuracy on the data ``fit`` gets, then refit on all of it).
+
+    This is a plain scikit-learn estimator, so MTEB's evaluator (which clones its ``evaluator_model``) and
+    user code can fit it directly; :func:`fit_tuned_probe` adds the fold checks and one-thread fitting.
+
+    Args:
+        config: Probe settings.
+        inner_folds: Inner folds (default ``config.inner_folds``); :func:`fit_tuned_probe` lowers it for
+            tiny classes.
+    """
     return Pipeline(
         [
             ("scale", StandardScaler()),
-            ("classify", LogisticRegression(C=config.C, max_iter=config.max_iter, tol=config.tol)),
+            (
+                "classify",
+                LogisticRegressionCV(
+                    Cs=list(config.Cs),
+                    cv=StratifiedKFold(inner_folds or config.inner_folds, shuffle=True, random_state=config.seed),
+                    scoring="accuracy",
+                    l1_ratios=(0.0,),
+                    max_iter=config.max_iter,
+                    tol=config.tol,
+                    use_legacy_attributes=False,
+                ),
+            ),
         ]
     )
 
 
-def check_labels(labels: Sequence, folds: int) -> int:
-    """Check ``labels`` for cross-validation and return the number of folds to use.
+def ranking_probe(config: ProbeConfig = ProbeConfig()) -> Pipeline:
+    """An unfitted ranking probe: ``StandardScaler -> RidgeClassifierCV`` (alpha from ``config.alphas`` by
+    efficient leave-one-out accuracy on the data ``fit`` gets)."""
+    return Pipeline(
+        [("scale", StandardScaler()), ("classify", RidgeClassifierCV(alphas=config.alphas, scoring="accuracy"))]
+    )
+
+
+def fit_tuned_probe(
+    features: np.ndarray, labels: Sequence, config: ProbeConfig = ProbeConfig()
+) -> tuple[Pipeline, float]:
+    """Fit the tuned probe on ``features`` and ``labels`` (training data only) and return it with its ``C``.
+
+    Returns:
+        The fitted ``Pipeline[StandardScaler, LogisticRegressionCV]`` (``LogisticRegressionCV`` is a
+        ``LogisticRegression`` refit at the chosen ``C``: ``predict``, ``predict_proba``, ``coef_`` as usual)
+        and the chosen ``C``.
+
+    Raises:
+        ValueError: Fewer than two classes, mismatched shapes or non-finite features.
+    """
+    features, labels = _as_arrays(features, labels)
+    probe, _ = _fit(features, labels, config, "tuned")
+    return probe, float(probe[-1].C_)
+
+
+def usable_folds(labels: Sequence, folds: int) -> int:
+    """The number of stratified folds ``labels`` allow, at most ``folds``; warns about what it changes.
 
     See the module docstring for the rules. Warnings are ``UserWarning``s naming the classes concerned.
 
@@ -174,42 +290,68 @@ def check_labels(labels: Sequence, folds: int) -> int:
     return folds
 
 
+def stratified_splits(labels: Sequence, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The ``(train_index, test_index)`` pairs of a shuffled ``StratifiedKFold``: the folds every candidate
+    scored on these labels shares. ``folds`` should come from :func:`usable_folds`."""
+    labels = np.asarray(labels)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        return list(splitter.split(np.zeros((len(labels), 1)), labels))
+
+
 def cross_validate(
-    features: np.ndarray, labels: Sequence, config: ProbeConfig = ProbeConfig(), *, folds: int | None = None
+    features: np.ndarray,
+    labels: Sequence,
+    config: ProbeConfig = ProbeConfig(),
+    *,
+    probe: Probe = "tuned",
+    folds: int | None = None,
+    splits: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> CrossValidation:
-    """Stratified k-fold CV of the probe on ``features`` (``[N, D]``, training split only).
+    """Stratified k-fold CV of a probe on ``features`` (``[N, D]``, training split only).
+
+    Each outer fold fits the probe on its training part alone (for the tuned probe, including the inner CV
+    that chooses ``C``) and predicts its held-out part.
 
     Args:
         features: One row per training text.
         labels: One label per row (ints or strings).
         config: Probe and CV settings.
-        folds: The fold count already returned by :func:`check_labels` (skips the check and its warnings,
+        probe: ``"tuned"`` (default) or ``"ranking"``.
+        folds: The fold count already returned by :func:`usable_folds` (skips the check and its warnings,
             for callers that score many feature sets on the same labels); default: check here.
+        splits: Explicit ``(train_index, test_index)`` pairs (default: :func:`stratified_splits` with
+            ``config.seed``).
     """
+    check_probe(probe)
     features, labels = _as_arrays(features, labels)
-    folds = folds if folds is not None else check_labels(labels, config.folds)
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
+    if splits is None:
+        folds = folds if folds is not None else usable_folds(labels, config.folds)
+        splits = stratified_splits(labels, folds, config.seed)
     predictions = np.empty_like(labels)
-    accuracies, f1s, converged = [], [], True
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        splits = list(splitter.split(features, labels))
+    accuracies, f1s, strengths, converged = [], [], [], True
     for train_index, test_index in splits:
-        probe, fold_converged = _fit(features[train_index], labels[train_index], config)
-        predicted = probe.predict(features[test_index])
+        fitted, fold_converged = _fit(features[train_index], labels[train_index], config, probe)
+        predicted = fitted.predict(features[test_index])
         predictions[test_index] = predicted
-        accuracies.append(accuracy_score(labels[test_index], predicted))
-        f1s.append(f1_score(labels[test_index], predicted, average="macro", zero_division=0))
+        accuracies.append(float(accuracy_score(labels[test_index], predicted)))
+        f1s.append(float(f1_score(labels[test_index], predicted, average="macro", zero_division=0)))
+        strengths.append(float(fitted[-1].C_ if probe == "tuned" else fitted[-1].alpha_))
         converged &= fold_converged
     score = ProbeScore(
         accuracy_mean=float(np.mean(accuracies)),
         accuracy_std=float(np.std(accuracies)),
         macro_f1_mean=float(np.mean(f1s)),
         macro_f1_std=float(np.std(f1s)),
-        folds=folds,
+        folds=len(splits),
         num_samples=len(labels),
         num_features=features.shape[1],
         converged=converged,
+        probe=probe,
+        accuracy_folds=tuple(accuracies),
+        macro_f1_folds=tuple(f1s),
+        regularisation_folds=tuple(strengths),
     )
     return CrossValidation(score, predictions)
 
@@ -219,26 +361,34 @@ def score_many(
     labels: Sequence,
     config: ProbeConfig = ProbeConfig(),
     *,
+    probe: Probe = "ranking",
     total: int | None = None,
     description: str = "probe",
     show_progress_bar: bool = True,
 ) -> list[ProbeScore]:
-    """CV scores of several feature sets on the same labels and folds, in order.
+    """CV scores of several feature sets on the same labels and folds, in order (ranking probe by default:
+    this is the many-candidates path).
 
     Each fit runs with one BLAS thread: on these small matrices (a few thousand rows, hundreds of columns)
     multi-threaded BLAS spends its time synchronising, and we measured a 5-fold CV of one SmolLM2 layer on
     2000 SST-2 texts at 10.5 s with 2 threads and 0.95 s with one. Parallelism, when wanted, comes from
     ``config.n_jobs`` worker processes, one feature set each.
     """
+    check_probe(probe)
     labels = np.asarray(labels)
-    folds = check_labels(labels, config.folds)
-    jobs = (delayed(_cv_score)(features, labels, config, folds) for features in feature_sets)
+    splits = stratified_splits(labels, usable_folds(labels, config.folds), config.seed)
+    jobs = (delayed(_cv_score)(features, labels, config, probe, splits) for features in feature_sets)
     results = Parallel(n_jobs=config.n_jobs, return_as="generator")(jobs)
     return list(tqdm(results, total=total, desc=description, unit="set", disable=not show_progress_bar))
 
 
 def layer_scores(
-    vectors: np.ndarray, labels: Sequence, config: ProbeConfig = ProbeConfig(), *, show_progress_bar: bool = True
+    vectors: np.ndarray,
+    labels: Sequence,
+    config: ProbeConfig = ProbeConfig(),
+    *,
+    probe: Probe = "ranking",
+    show_progress_bar: bool = True,
 ) -> list[ProbeScore]:
     """CV score of every layer: ``result[l]`` scores ``vectors[l]`` (``vectors`` is ``[L + 1, N, H]``, as in
     :class:`~lafusion_st.scan.LayerVectors`; pass the training split only)."""
@@ -249,6 +399,7 @@ def layer_scores(
         iter(vectors),
         labels,
         config,
+        probe=probe,
         total=len(vectors),
         description="probe layers",
         show_progress_bar=show_progress_bar,
@@ -262,21 +413,24 @@ def fit_and_test(
     test_labels: Sequence,
     config: ProbeConfig = ProbeConfig(),
 ) -> TestScore:
-    """Train the probe on the full training split and score it on the test split: the final report number
-    for a configuration chosen by cross-validation. Test labels unseen in training count as errors."""
+    """Train the tuned probe on the full training split and score it on the test split: the final report
+    number for a configuration chosen by cross-validation. Test labels unseen in training count as errors."""
     train_features, train_labels = _as_arrays(train_features, train_labels)
     test_features, test_labels = _as_arrays(test_features, test_labels)
     if train_features.shape[1] != test_features.shape[1]:
         raise ValueError(f"Train has {train_features.shape[1]} features per text, test {test_features.shape[1]}.")
-    _class_counts(train_labels)
-    probe, converged = _fit(train_features, train_labels, config)
+    probe, converged = _fit(train_features, train_labels, config, "tuned")
     predicted = probe.predict(test_features)
+    correct = np.asarray(predicted == test_labels, dtype=bool)
     return TestScore(
-        accuracy=float(accuracy_score(test_labels, predicted)),
+        accuracy=float(correct.mean()),
         macro_f1=float(f1_score(test_labels, predicted, average="macro", zero_division=0)),
         num_train=len(train_labels),
         num_test=len(test_labels),
         converged=converged,
+        C=float(probe[-1].C_),
+        accuracy_interval=accuracy_interval(correct),
+        correct=correct,
     )
 
 
@@ -288,17 +442,33 @@ def _class_counts(labels: Sequence) -> Counter:
     return counts
 
 
-def _cv_score(features: np.ndarray, labels: np.ndarray, config: ProbeConfig, folds: int) -> ProbeScore:
-    return cross_validate(features, labels, config, folds=folds).score
+def _cv_score(
+    features: np.ndarray,
+    labels: np.ndarray,
+    config: ProbeConfig,
+    probe: Probe,
+    splits: Sequence[tuple[np.ndarray, np.ndarray]],
+) -> ProbeScore:
+    return cross_validate(features, labels, config, probe=probe, splits=splits).score
 
 
-def _fit(features: np.ndarray, labels: np.ndarray, config: ProbeConfig) -> tuple[Pipeline, bool]:
+def _fit(features: np.ndarray, labels: np.ndarray, config: ProbeConfig, probe: Probe) -> tuple[Pipeline, bool]:
     """Fit a probe with one BLAS thread (see :func:`score_many`); a fit stopped by ``max_iter`` is reported
     through the returned flag rather than one warning per fit."""
+    counts = _class_counts(labels)
+    if probe == "tuned":
+        estimator = tuned_probe(config, inner_folds=max(2, min(config.inner_folds, max(counts.values()))))
+    else:
+        estimator = ranking_probe(config)
     with warnings.catch_warnings(), threadpool_limits(limits=1):
         warnings.simplefilter("ignore", ConvergenceWarning)
-        probe = make_probe(config).fit(features, labels)
-    return probe, bool(np.all(probe[-1].n_iter_ < config.max_iter))
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        fitted = estimator.fit(features, labels)
+    if probe == "ranking":
+        return fitted, True
+    classifier = fitted[-1]  # the path's iterations at the chosen C (sklearn keeps none of the refit)
+    at_chosen = classifier.n_iter_[..., np.flatnonzero(classifier.Cs_ == classifier.C_)]
+    return fitted, bool(np.all(at_chosen < config.max_iter))
 
 
 def _as_arrays(features: np.ndarray, labels: Sequence) -> tuple[np.ndarray, np.ndarray]:

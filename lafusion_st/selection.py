@@ -8,27 +8,105 @@ layer order and, for models, in the order the caller lists them, as the fused em
 Each strategy returns a :class:`Selection`: what was chosen, its CV score, and the evidence (every
 candidate scored, in order, with whether it was taken), all JSON-serialisable with ``to_dict()``.
 Nothing here sees test data: pass the ``train`` side of a :class:`~lafusion_st.scan.TaskScan`.
+
+**The noise rule.** A more complex choice (another layer than the last, an added layer, an added model,
+another pooling, a wider window) replaces the current simpler one only when it wins by more than the
+fold-to-fold noise of the comparison: with ``d_f`` the challenger's score minus the incumbent's in outer
+fold ``f`` (both scored on the same folds), the challenger is taken when ``mean(d) > 0`` and
+``mean(d) > standard_errors * sd(d) / sqrt(folds)`` (a one-standard-error rule by default). Paired
+differences cancel what the folds share (a hard fold is hard for both), so the rule is far sharper than
+comparing two means with their own spreads, yet it no longer rewards a win of a text or two. Every
+application is recorded as a :class:`Decision`, so a report shows each time the simpler choice was kept.
+The last layer, everybody's default, is always scored and is the incumbent the first layer choice must beat.
+
+Candidates are scored with the ranking probe of :mod:`lafusion_st.probe` (many of them); the final
+comparisons of :func:`search_layers` (one choice per pooling, against each other and against the last
+layer) use the tuned probe.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from typing import Any
 
 import numpy as np
 
+from lafusion_st.modes import STANDARD_ERRORS
 from lafusion_st.probe import (
     Metric,
     ProbeConfig,
     ProbeScore,
-    check_labels,
     check_metric,
     cross_validate,
     layer_scores,
     score_many,
+    usable_folds,
 )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One application of the noise rule: did ``challenger`` replace ``incumbent``?
+
+    Attributes:
+        kind: What was at stake: ``layer`` (another layer than the last), ``added layer``, ``added model``,
+            ``width`` (a wider window) or ``pooling``.
+        incumbent: The current, simpler choice (layers, models or a pooling).
+        challenger: The best more complex choice.
+        gain: Mean over folds of the challenger's score minus the incumbent's.
+        standard_error: Standard error of that mean (``sd / sqrt(folds)`` of the paired differences).
+        accepted: Whether the challenger won (``gain > 0`` and ``gain > standard_errors * standard_error``).
+    """
+
+    kind: str
+    incumbent: Any
+    challenger: Any
+    gain: float
+    standard_error: float
+    accepted: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def noise_rule(
+    challenger: ProbeScore,
+    incumbent: ProbeScore,
+    *,
+    kind: str,
+    names: tuple[Any, Any],
+    metric: Metric = "accuracy",
+    standard_errors: float = STANDARD_ERRORS,
+) -> Decision:
+    """Apply the noise rule of the module docstring to two scores computed on the same folds.
+
+    Args:
+        challenger: Score of the more complex choice.
+        incumbent: Score of the current, simpler choice.
+        kind: What is at stake, recorded in the :class:`Decision`.
+        names: ``(incumbent, challenger)`` as the report should name them.
+        metric: The metric compared.
+        standard_errors: How many standard errors the gain must exceed (0: any positive gain wins).
+
+    Raises:
+        ValueError: Scores from different probes or fold counts (not paired), or a negative
+            ``standard_errors``.
+    """
+    if standard_errors < 0:
+        raise ValueError(f"standard_errors must be >= 0, got {standard_errors!r}.")
+    if challenger.probe != incumbent.probe or challenger.folds != incumbent.folds:
+        raise ValueError(
+            f"The noise rule compares scores of one probe on the same folds; got {challenger.probe} on "
+            f"{challenger.folds} folds and {incumbent.probe} on {incumbent.folds} folds."
+        )
+    differences = challenger.per_fold(metric) - incumbent.per_fold(metric)
+    gain = float(differences.mean())
+    standard_error = float(differences.std(ddof=1) / np.sqrt(len(differences)))
+    accepted = gain > 0 and gain > standard_errors * standard_error
+    incumbent_name, challenger_name = names
+    return Decision(kind, incumbent_name, challenger_name, gain, standard_error, accepted)
 
 
 @dataclass(frozen=True)
@@ -53,7 +131,8 @@ class Selection:
         score: CV score of the probe on the concatenated vectors of ``chosen``.
         metric: The metric the strategy maximised (``accuracy`` or ``macro_f1``).
         steps: Every candidate scored, in the order it was scored.
-        params: The strategy's settings (k, width, threshold, ...), for the report.
+        params: The strategy's settings (k, width, standard_errors, ...), for the report.
+        decisions: Every application of the noise rule, in order (``kept_simpler`` lists the refusals).
     """
 
     strategy: str
@@ -62,6 +141,12 @@ class Selection:
     metric: str
     steps: list[Step] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
+    decisions: list[Decision] = field(default_factory=list)
+
+    @property
+    def kept_simpler(self) -> list[Decision]:
+        """The decisions where the simpler choice was kept."""
+        return [decision for decision in self.decisions if not decision.accepted]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +155,7 @@ class Selection:
             "score": self.score.to_dict(),
             "metric": self.metric,
             "params": dict(self.params),
+            "decisions": [decision.to_dict() for decision in self.decisions],
             "steps": [step.to_dict() for step in self.steps],
         }
 
@@ -131,13 +217,13 @@ def top_k(
         scores: Single-layer scores from :func:`~lafusion_st.probe.layer_scores` (``scores[l]`` for layer ``l``).
         k: Layers to keep, ``1 <= k <= L + 1``; ties go to the lower layer.
         metric: What "best" means.
-        config: Probe settings for scoring the concatenation.
+        config: Probe settings for scoring the concatenation (with the probe that scored ``scores``).
     """
     _check_scores(vectors, scores)
     _check_count("k", k, len(scores))
     ranking = sorted(range(len(scores)), key=lambda layer: (-scores[layer].mean(metric), layer))
     chosen = sorted(ranking[:k])
-    fused = scores[chosen[0]] if k == 1 else _cv(_concat_layers(vectors, chosen), labels, config)
+    fused = scores[chosen[0]] if k == 1 else _cv(_concat_layers(vectors, chosen), labels, config, scores[0].probe)
     steps = [Step([layer], scores[layer], True) for layer in ranking[:k]]
     return Selection("top_k", chosen, fused, check_metric(metric), steps, {"k": k})
 
@@ -149,18 +235,18 @@ def best_window(
     *,
     width: int | None = None,
     max_width: int = 4,
-    threshold: float = 0.002,
+    standard_errors: float = STANDARD_ERRORS,
     metric: Metric = "accuracy",
     config: ProbeConfig = ProbeConfig(),
     show_progress_bar: bool = True,
 ) -> Selection:
-    """The best run of adjacent layers, scored by CV of their concatenation.
+    """The best run of adjacent layers, scored by CV of their concatenation (ranking probe).
 
     With ``width``, the best window of exactly that many layers. Without, every width from 1 to
-    ``max_width`` is scored and a wider window must earn its extra layers as in :func:`greedy_layers`: going
-    from narrow to wide, the best window of a width replaces the current choice only if it raises the CV
-    ``metric`` by at least ``threshold`` (otherwise noise would favour wide windows, whose extra columns
-    let the probe fit fold noise). Ties go to the lower window. Windows of one layer reuse ``scores``.
+    ``max_width`` is scored and the choice grows under the noise rule: the best single layer must beat the
+    last layer, and going from narrow to wide, the best window of a width must beat the current choice
+    (otherwise noise would favour wide windows, whose extra columns let the probe fit fold noise). Ties go
+    to the lower window. Windows of one layer reuse ``scores`` (ranking-probe scores on the same folds).
     Cost: ``sum over widths w of (L + 2 - w)`` cross-validations (118 for 31 layers and ``max_width=4``).
     """
     num_layers = vectors.shape[0]
@@ -182,16 +268,31 @@ def best_window(
     )
     known.update({tuple(window): score for window, score in zip(to_score, computed, strict=True)})
     value = lambda window: known[tuple(window)].mean(metric)  # noqa: E731
-    best = None
+    best, decisions = [num_layers - 1] if width is None else None, []
     for w in widths:
         best_of_width = max(
             (window for window in windows if len(window) == w), key=lambda window: (value(window), -window[0])
         )
-        if best is None or value(best_of_width) - value(best) >= threshold:
+        if best is None:
             best = best_of_width
+        elif best_of_width != best:
+            decision = noise_rule(
+                known[tuple(best_of_width)],
+                known[tuple(best)],
+                kind="layer" if w == 1 else "width",
+                names=(best, best_of_width),
+                metric=metric,
+                standard_errors=standard_errors,
+            )
+            decisions.append(decision)
+            best = best_of_width if decision.accepted else best
     steps = [Step(window, known[tuple(window)], window == best) for window in windows]
-    params = {"width": width, "max_width": None if width is not None else max_width, "threshold": threshold}
-    return Selection("best_window", best, known[tuple(best)], check_metric(metric), steps, params)
+    params = {
+        "width": width,
+        "max_width": None if width is not None else max_width,
+        "standard_errors": standard_errors,
+    }
+    return Selection("best_window", best, known[tuple(best)], check_metric(metric), steps, params, decisions)
 
 
 def greedy_layers(
@@ -199,27 +300,28 @@ def greedy_layers(
     labels: Sequence,
     scores: Sequence[ProbeScore] | None = None,
     *,
-    threshold: float = 0.002,
+    standard_errors: float = STANDARD_ERRORS,
     max_layers: int = 4,
     candidates: Sequence[int] | None = None,
     metric: Metric = "accuracy",
     config: ProbeConfig = ProbeConfig(),
     show_progress_bar: bool = True,
 ) -> Selection:
-    """Greedy forward selection of layers.
+    """Greedy forward selection of layers under the noise rule (ranking probe).
 
-    Starts from the best single layer; each round scores every remaining candidate added to the current
-    set and keeps the best, as long as it raises the CV ``metric`` by at least ``threshold`` (absolute, e.g.
-    0.002 = 0.2 accuracy points) and the set has fewer than ``max_layers`` layers.
+    Starts from the last layer; the best single candidate replaces it if it passes the noise rule. Each
+    round then scores every remaining candidate added to the current set and keeps the best, as long as it
+    passes the noise rule against the current set and the set has fewer than ``max_layers`` layers.
 
     Args:
         vectors: ``[L + 1, N, H]`` training vectors.
         labels: Training labels.
-        scores: Single-layer scores (computed if ``None``).
-        threshold: Smallest CV gain that justifies one more layer.
+        scores: Single-layer ranking-probe scores (computed if ``None``).
+        standard_errors: The noise rule's margin, in standard errors of the paired per-fold gain.
         max_layers: Upper bound on the selection size.
-        candidates: Layers that may be chosen (default all). Each round costs one CV per candidate, so
-            restricting them (e.g. to the top 10 single layers) bounds the cost on many-class tasks.
+        candidates: Layers that may be chosen besides the last, which is always the starting point (default
+            all). Each round costs one CV per candidate, so restricting them (e.g. to the top 8 single
+            layers) bounds the cost on many-class tasks.
         metric: What is maximised.
         config: Probe settings.
         show_progress_bar: One bar per round.
@@ -227,44 +329,51 @@ def greedy_layers(
     if scores is None:
         scores = layer_scores(vectors, labels, config, show_progress_bar=show_progress_bar)
     _check_scores(vectors, scores)
+    last = vectors.shape[0] - 1
     pool = sorted({int(layer) for layer in (range(vectors.shape[0]) if candidates is None else candidates)})
-    if not pool or not all(0 <= layer < vectors.shape[0] for layer in pool):
-        raise ValueError(
-            f"candidates must be non-empty layer indices in 0..{vectors.shape[0] - 1}, got {candidates!r}."
-        )
-    singles = {layer: scores[layer] for layer in pool}
-    chosen, score, steps = _greedy(
+    if not pool or not all(0 <= layer <= last for layer in pool):
+        raise ValueError(f"candidates must be non-empty layer indices in 0..{last}, got {candidates!r}.")
+    singles = {layer: scores[layer] for layer in sorted({*pool, last})}
+    chosen, score, steps, decisions = _greedy(
         singles,
         lambda keys: _concat_layers(vectors, sorted(keys)),
         labels,
-        threshold,
-        max_layers,
-        metric,
-        config,
+        start=last,
+        max_size=max_layers,
+        standard_errors=standard_errors,
+        metric=metric,
+        config=config,
+        kinds=("layer", "added layer"),
         order=sorted,
         show_progress_bar=show_progress_bar,
     )
-    params = {"threshold": threshold, "max_layers": max_layers, "candidates": pool if candidates is not None else None}
-    return Selection("greedy_layers", sorted(chosen), score, check_metric(metric), steps, params)
+    params = {
+        "standard_errors": standard_errors,
+        "max_layers": max_layers,
+        "candidates": pool if candidates is not None else None,
+    }
+    return Selection("greedy_layers", sorted(chosen), score, check_metric(metric), steps, params, decisions)
 
 
 def greedy_models(
     features: Mapping[str, np.ndarray],
     labels: Sequence,
     *,
-    threshold: float = 0.002,
+    standard_errors: float = STANDARD_ERRORS,
     max_models: int | None = None,
     metric: Metric = "accuracy",
     config: ProbeConfig = ProbeConfig(),
     show_progress_bar: bool = True,
 ) -> Selection:
-    """Greedy forward selection of models for multi-model fusion.
+    """Greedy forward selection of models for multi-model fusion, under the noise rule (ranking probe).
+
+    Starts from the best single model; another model is added while the best addition passes the noise rule.
 
     Args:
         features: ``model -> [N, D]`` training vectors, each model's best configuration (e.g.
             ``scan.train[m][pooling].concat(selection.chosen)``); all on the same texts in the same order.
         labels: Training labels.
-        threshold: Smallest CV gain that justifies one more model.
+        standard_errors: The noise rule's margin.
         max_models: Upper bound (default: all).
         metric, config, show_progress_bar: As in :func:`greedy_layers`.
 
@@ -294,25 +403,151 @@ def greedy_models(
         )
     )
     in_given_order = lambda keys: sorted(keys, key=names.index)  # noqa: E731
-    chosen, score, steps = _greedy(
+    chosen, score, steps, decisions = _greedy(
         singles,
         lambda keys: np.concatenate([features[name] for name in in_given_order(keys)], axis=1),
         labels,
-        threshold,
-        max_models,
-        metric,
-        config,
+        start=max(names, key=lambda name: (singles[name].mean(metric), -names.index(name))),
+        max_size=max_models,
+        standard_errors=standard_errors,
+        metric=metric,
+        config=config,
+        kinds=("model", "added model"),
         order=in_given_order,
         show_progress_bar=show_progress_bar,
     )
-    return Selection(
-        "greedy_models",
-        in_given_order(chosen),
-        score,
-        check_metric(metric),
-        steps,
-        {"threshold": threshold, "max_models": max_models},
+    params = {"standard_errors": standard_errors, "max_models": max_models}
+    return Selection("greedy_models", in_given_order(chosen), score, check_metric(metric), steps, params, decisions)
+
+
+GREEDY_CANDIDATES = 8
+""":func:`search_layers` lets greedy selection add only the best single layers: each round costs one CV per
+candidate."""
+
+
+@dataclass(frozen=True)
+class LayerSearch:
+    """One model's choice of pooling and layers, with the evidence behind it.
+
+    Attributes:
+        pooling: The chosen pooling.
+        layers: The chosen layers (ascending).
+        score: Tuned-probe CV score of the choice.
+        last_layer: Tuned-probe CV score of the last layer under the first (default) pooling: the baseline.
+        curves: ``pooling -> ranking-probe CV score of every layer``.
+        selections: ``pooling -> greedy layer selection`` (ranking probe, with its decisions).
+        tuned: ``pooling -> tuned-probe CV score of that pooling's selection``.
+        decisions: The tuned probe's decisions: each further pooling against the current one, then the
+            choice against the last layer.
+    """
+
+    pooling: str
+    layers: list[int]
+    score: ProbeScore
+    last_layer: ProbeScore
+    curves: dict[str, list[ProbeScore]]
+    selections: dict[str, Selection]
+    tuned: dict[str, ProbeScore]
+    decisions: list[Decision]
+
+    @property
+    def kept_simpler(self) -> list[Decision]:
+        """Every decision of the search (greedy rounds, poolings, final) that kept the simpler choice."""
+        greedy = [decision for selection in self.selections.values() for decision in selection.decisions]
+        return [decision for decision in [*greedy, *self.decisions] if not decision.accepted]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pooling": self.pooling,
+            "layers": list(self.layers),
+            "score": self.score.to_dict(),
+            "last_layer": self.last_layer.to_dict(),
+            "tuned": {pooling: score.to_dict() for pooling, score in self.tuned.items()},
+            "decisions": [decision.to_dict() for decision in self.decisions],
+            "selections": {pooling: selection.to_dict() for pooling, selection in self.selections.items()},
+        }
+
+
+def search_layers(
+    vectors: Mapping[str, np.ndarray],
+    labels: Sequence,
+    *,
+    max_layers: int = 4,
+    candidates: int = GREEDY_CANDIDATES,
+    standard_errors: float = STANDARD_ERRORS,
+    metric: Metric = "accuracy",
+    config: ProbeConfig = ProbeConfig(),
+    show_progress_bar: bool = True,
+) -> LayerSearch:
+    """Choose one model's pooling and layers: the search of ``lafusion select`` and ``lafusion run``.
+
+    Per pooling, the ranking probe scores every layer and :func:`greedy_layers` grows a choice from the last
+    layer among the ``candidates`` best single layers. The tuned probe then scores each pooling's choice on
+    the same folds: the first pooling is the incumbent and another replaces it only under the noise rule;
+    finally the choice must pass the noise rule against the last layer under the first pooling (the plain
+    default embedder), or the last layer is kept.
+
+    Args:
+        vectors: ``pooling -> [L + 1, N, H]`` training vectors of one model; the first pooling is the default.
+        labels: Training labels.
+        max_layers: Upper bound on the number of fused layers.
+        candidates: How many of the best single layers greedy selection may add.
+        standard_errors: The noise rule's margin.
+        metric: What is maximised.
+        config: Probe settings (both probes).
+        show_progress_bar: Progress bars of the ranking probe.
+
+    Raises:
+        ValueError: No pooling, or poolings whose layer counts differ.
+    """
+    poolings = list(vectors)
+    if not poolings:
+        raise ValueError("Give the training vectors of at least one pooling.")
+    depths = {pooling: np.shape(block)[0] for pooling, block in vectors.items()}
+    if len(set(depths.values())) != 1:
+        raise ValueError(f"Every pooling must have the same layers; got layer counts {depths}.")
+    _check_count("candidates", candidates, depths[poolings[0]])
+    labels = np.asarray(labels)
+    folds = usable_folds(labels, config.folds)
+
+    def tuned_cv(pooling: str, layers: list[int]) -> ProbeScore:
+        return cross_validate(_concat_layers(vectors[pooling], layers), labels, config, folds=folds).score
+
+    curves, selections, tuned = {}, {}, {}
+    for pooling in poolings:
+        curve = layer_scores(vectors[pooling], labels, config, show_progress_bar=show_progress_bar)
+        best_first = sorted(range(len(curve)), key=lambda layer: (-curve[layer].mean(metric), layer))
+        curves[pooling] = curve
+        selections[pooling] = greedy_layers(
+            vectors[pooling],
+            labels,
+            curve,
+            standard_errors=standard_errors,
+            max_layers=max_layers,
+            candidates=best_first[:candidates],
+            metric=metric,
+            config=config,
+            show_progress_bar=show_progress_bar,
+        )
+        tuned[pooling] = tuned_cv(pooling, selections[pooling].chosen)
+
+    rule = lambda challenger, incumbent, kind, names: noise_rule(  # noqa: E731
+        challenger, incumbent, kind=kind, names=names, metric=metric, standard_errors=standard_errors
     )
+    describe = lambda pooling: f"{pooling} {selections[pooling].chosen}"  # noqa: E731
+    pooling, decisions = poolings[0], []
+    for challenger in poolings[1:]:
+        decisions.append(rule(tuned[challenger], tuned[pooling], "pooling", (describe(pooling), describe(challenger))))
+        pooling = challenger if decisions[-1].accepted else pooling
+    layers, score = selections[pooling].chosen, tuned[pooling]
+    last = [depths[pooling] - 1]
+    if (pooling, layers) == (poolings[0], last):
+        return LayerSearch(pooling, layers, score, score, curves, selections, tuned, decisions)
+    last_score = tuned_cv(poolings[0], last)
+    decisions.append(rule(score, last_score, "against last layer", (f"{poolings[0]} {last}", describe(pooling))))
+    if not decisions[-1].accepted:
+        pooling, layers, score = poolings[0], last, last_score
+    return LayerSearch(pooling, layers, score, last_score, curves, selections, tuned, decisions)
 
 
 def complementarity(
@@ -328,7 +563,7 @@ def complementarity(
     if len(features) < 2:
         raise ValueError(f"Complementarity compares models: give at least 2, got {list(features)}.")
     labels = np.asarray(labels)
-    folds = check_labels(labels, config.folds)
+    folds = usable_folds(labels, config.folds)
     correct = {
         name: cross_validate(block, labels, config, folds=folds).predictions == labels
         for name, block in features.items()
@@ -360,24 +595,36 @@ def _greedy(
     singles: Mapping[Hashable, ProbeScore],
     fused_features: Callable[[list], np.ndarray],
     labels: Sequence,
-    threshold: float,
+    *,
+    start: Hashable,
     max_size: int,
+    standard_errors: float,
     metric: Metric,
     config: ProbeConfig,
-    *,
+    kinds: tuple[str, str],
     order: Callable[[list], list],
     show_progress_bar: bool,
-) -> tuple[list, ProbeScore, list[Step]]:
-    """Forward selection over named blocks, shared by layers and models; ties go to the earlier candidate."""
+) -> tuple[list, ProbeScore, list[Step], list[Decision]]:
+    """Forward selection over named blocks under the noise rule, shared by layers and models.
+
+    ``start`` (one of ``singles``) is the incumbent; the best single block challenges it (decision of kind
+    ``kinds[0]``), then each round's best addition challenges the current set (``kinds[1]``). Ties go to
+    the earlier candidate.
+    """
     check_metric(metric)
     if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
         raise ValueError(f"The largest selection size must be a positive integer, got {max_size!r}.")
-    if threshold < 0:
-        raise ValueError(f"threshold must be >= 0, got {threshold!r}.")
     keys = list(singles)
-    first = max(keys, key=lambda key: (singles[key].mean(metric), -keys.index(key)))
-    chosen, score = [first], singles[first]
-    steps = [Step([key], singles[key], key == first) for key in keys]
+    rule = lambda challenger, incumbent, kind, names: noise_rule(  # noqa: E731
+        challenger, incumbent, kind=kind, names=names, metric=metric, standard_errors=standard_errors
+    )
+    best = max(keys, key=lambda key: (singles[key].mean(metric), -keys.index(key)))
+    chosen, score, decisions = [start], singles[start], []
+    if best != start:
+        decisions.append(rule(singles[best], singles[start], kinds[0], ([start], [best])))
+        if decisions[-1].accepted:
+            chosen, score = [best], singles[best]
+    steps = [Step([key], singles[key], key == chosen[0]) for key in keys]
     while len(chosen) < min(max_size, len(keys)):
         remaining = [key for key in keys if key not in chosen]
         trials = [order([*chosen, key]) for key in remaining]
@@ -390,19 +637,20 @@ def _greedy(
             show_progress_bar=show_progress_bar,
         )
         best = max(range(len(trials)), key=lambda index: (trial_scores[index].mean(metric), -index))
-        accepted = trial_scores[best].mean(metric) - score.mean(metric) >= threshold
+        decisions.append(rule(trial_scores[best], score, kinds[1], (order(chosen), trials[best])))
+        accepted = decisions[-1].accepted
         steps += [
             Step(trial, trial_score, accepted and index == best)
             for index, (trial, trial_score) in enumerate(zip(trials, trial_scores, strict=True))
         ]
         if not accepted:
             break
-        chosen, score = order([*chosen, remaining[best]]), trial_scores[best]
-    return chosen, score, steps
+        chosen, score = trials[best], trial_scores[best]
+    return chosen, score, steps, decisions
 
 
-def _cv(features: np.ndarray, labels: Sequence, config: ProbeConfig) -> ProbeScore:
-    return cross_validate(features, labels, config).score
+def _cv(features: np.ndarray, labels: Sequence, config: ProbeConfig, probe: str) -> ProbeScore:
+    return cross_validate(features, labels, config, probe=probe).score  # type: ignore[arg-type]
 
 
 def _concat_layers(vectors: np.ndarray, layers: Sequence[int]) -> np.ndarray:

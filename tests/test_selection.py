@@ -8,9 +8,17 @@ import warnings
 import numpy as np
 import pytest
 
-from lafusion_st.probe import ProbeConfig, check_labels, cross_validate, fit_and_test, layer_scores
+from lafusion_st.probe import ProbeConfig, ProbeScore, cross_validate, fit_and_test, layer_scores, usable_folds
 from lafusion_st.report import plot_layer_curves, write_report
-from lafusion_st.selection import best_window, complementarity, greedy_layers, greedy_models, top_k
+from lafusion_st.selection import (
+    best_window,
+    complementarity,
+    greedy_layers,
+    greedy_models,
+    noise_rule,
+    search_layers,
+    top_k,
+)
 
 N = 240
 FAST = ProbeConfig(folds=4, max_iter=200)
@@ -72,7 +80,7 @@ def test_single_class_is_an_error() -> None:
 
 def test_too_few_examples_for_the_folds_reduces_them_with_a_warning() -> None:
     with pytest.warns(UserWarning, match="using 3-fold"):
-        assert check_labels([0, 0, 0, 1, 1, 1], folds=5) == 3
+        assert usable_folds([0, 0, 0, 1, 1, 1], folds=5) == 3
     features = np.array([[0.0], [0.1], [0.2], [5.0], [5.1], [5.2]])
     with pytest.warns(UserWarning, match="using 3-fold"):
         assert cross_validate(features, [0, 0, 0, 1, 1, 1], ProbeConfig(folds=5)).score.folds == 3
@@ -81,12 +89,12 @@ def test_too_few_examples_for_the_folds_reduces_them_with_a_warning() -> None:
 def test_rare_classes_are_kept_with_a_warning_naming_them() -> None:
     labels = ["a"] * 20 + ["b"] * 20 + ["tiny"] * 2 + ["single"]
     with pytest.warns(UserWarning, match=r"2 class\(es\) .*'single' \(1\), 'tiny' \(2\)"):
-        assert check_labels(labels, folds=5) == 5
+        assert usable_folds(labels, folds=5) == 5
 
 
 def test_all_singleton_classes_cannot_be_cross_validated() -> None:
     with pytest.raises(ValueError, match="single training example"):
-        check_labels(["a", "b", "c"], folds=5)
+        usable_folds(["a", "b", "c"], folds=5)
 
 
 def test_bad_probe_settings_and_shapes_are_rejected() -> None:
@@ -109,30 +117,43 @@ def test_fit_and_test_trains_on_train_and_scores_on_test(two_halves) -> None:
 
 def test_greedy_layers_adds_the_complement_then_stops(two_halves) -> None:
     vectors, labels = two_halves
-    selection = greedy_layers(vectors, labels, threshold=0.02, max_layers=4, config=FAST, show_progress_bar=False)
+    selection = greedy_layers(vectors, labels, max_layers=4, config=FAST, show_progress_bar=False)
     assert selection.chosen == [1, 3]
     assert selection.score.accuracy_mean > 0.9
     last_round = [step for step in selection.steps if len(step.candidate) == 3]
     assert len(last_round) == 4 and not any(step.accepted for step in last_round)
-    gains = [step.score.accuracy_mean - selection.score.accuracy_mean for step in last_round]
-    assert max(gains) < 0.02  # the stopping rule, checked against the evidence it recorded
+    # the stopping rule, checked against the evidence it recorded: from the last layer to one half, then both
+    assert [(d.kind, d.accepted) for d in selection.decisions] == [
+        ("layer", True),
+        ("added layer", True),
+        ("added layer", False),
+    ]
+    refused = selection.kept_simpler[0]
+    assert refused.incumbent == [1, 3] and refused.gain <= refused.standard_error
+    best_third = max(last_round, key=lambda step: step.score.accuracy_mean)
+    assert refused.challenger == best_third.candidate
 
 
-def test_greedy_layers_stops_at_one_layer_when_the_threshold_is_out_of_reach(two_halves) -> None:
+def test_greedy_layers_keeps_the_last_layer_when_no_gain_is_out_of_the_noise(two_halves) -> None:
     vectors, labels = two_halves
-    selection = greedy_layers(vectors, labels, threshold=0.5, config=FAST, show_progress_bar=False)
-    assert len(selection.chosen) == 1 and selection.chosen[0] in (1, 3)
-    assert json.loads(json.dumps(selection.to_dict()))["chosen"] == selection.chosen
+    selection = greedy_layers(vectors, labels, standard_errors=1000.0, config=FAST, show_progress_bar=False)
+    assert selection.chosen == [5]
+    # another layer and then an added layer were both refused, though one half of the signal gains 30 points
+    assert [(d.kind, d.incumbent, d.accepted) for d in selection.decisions] == [
+        ("layer", [5], False),
+        ("added layer", [5], False),
+    ]
+    assert selection.decisions[0].challenger[0] in (1, 3) and selection.decisions[0].gain > 0.2
+    assert selection.kept_simpler == selection.decisions
+    assert json.loads(json.dumps(selection.to_dict()))["decisions"][0]["accepted"] is False
 
 
 def test_greedy_layers_respects_candidates_and_max_layers(two_halves) -> None:
     vectors, labels = two_halves
-    without_layer_1 = greedy_layers(
-        vectors, labels, threshold=0.02, candidates=[0, 3, 5], config=FAST, show_progress_bar=False
-    )
+    without_layer_1 = greedy_layers(vectors, labels, candidates=[0, 3, 5], config=FAST, show_progress_bar=False)
     assert without_layer_1.chosen == [3]
     assert all(set(step.candidate) <= {0, 3, 5} for step in without_layer_1.steps)
-    capped = greedy_layers(vectors, labels, threshold=0.0, max_layers=1, config=FAST, show_progress_bar=False)
+    capped = greedy_layers(vectors, labels, standard_errors=0.0, max_layers=1, config=FAST, show_progress_bar=False)
     assert len(capped.chosen) == 1 and all(len(step.candidate) == 1 for step in capped.steps)
     with pytest.raises(ValueError, match="candidates"):
         greedy_layers(vectors, labels, candidates=[9], config=FAST, show_progress_bar=False)
@@ -152,7 +173,7 @@ def test_top_k_takes_the_best_single_layers_and_scores_their_concatenation(two_h
 def test_best_window_finds_the_adjacent_informative_layers() -> None:
     a, b, labels = _halves(2)
     vectors = _layers({2: a, 3: b})
-    selection = best_window(vectors, labels, max_width=3, threshold=0.02, config=FAST, show_progress_bar=False)
+    selection = best_window(vectors, labels, max_width=3, config=FAST, show_progress_bar=False)
     assert selection.chosen == [2, 3]
     assert len(selection.steps) == 6 + 5 + 4 and sum(step.accepted for step in selection.steps) == 1
     fixed = best_window(vectors, labels, width=3, config=FAST, show_progress_bar=False)
@@ -162,7 +183,7 @@ def test_best_window_finds_the_adjacent_informative_layers() -> None:
 def test_greedy_models_and_complementarity_on_complementary_models(two_halves) -> None:
     vectors, labels = two_halves
     features = {"model_a": vectors[1], "model_b": vectors[3], "noise": vectors[0]}
-    selection = greedy_models(features, labels, threshold=0.02, config=FAST, show_progress_bar=False)
+    selection = greedy_models(features, labels, config=FAST, show_progress_bar=False)
     assert sorted(selection.chosen) == ["model_a", "model_b"]
     assert selection.chosen == ["model_a", "model_b"]  # in the caller's order, as build_fused_model needs them
 
@@ -184,7 +205,7 @@ def test_greedy_models_and_complementarity_on_complementary_models(two_halves) -
 def test_report_and_plot_are_written(two_halves, tmp_path) -> None:
     vectors, labels = two_halves
     scores = layer_scores(vectors, labels, FAST, show_progress_bar=False)
-    selection = greedy_layers(vectors, labels, scores, threshold=0.02, config=FAST, show_progress_bar=False)
+    selection = greedy_layers(vectors, labels, scores, config=FAST, show_progress_bar=False)
     test = fit_and_test(vectors[1][:180], labels[:180], vectors[1][180:], labels[180:], FAST)
     written = write_report(
         tmp_path / "out" / "report.json",
@@ -209,3 +230,82 @@ def test_report_and_plot_are_written(two_halves, tmp_path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     with pytest.raises(ValueError, match="Nothing to plot"):
         plot_layer_curves(tmp_path / "empty.png", {}, task="toy")
+
+
+def _score(accuracy_folds: list[float], probe: str = "ranking") -> ProbeScore:
+    """A hand-made score whose per-fold accuracies are ``accuracy_folds``."""
+    folds = tuple(accuracy_folds)
+    return ProbeScore(
+        accuracy_mean=float(np.mean(folds)),
+        accuracy_std=float(np.std(folds)),
+        macro_f1_mean=float(np.mean(folds)),
+        macro_f1_std=float(np.std(folds)),
+        folds=len(folds),
+        num_samples=100,
+        num_features=4,
+        converged=True,
+        probe=probe,
+        accuracy_folds=folds,
+        macro_f1_folds=folds,
+        regularisation_folds=(1.0,) * len(folds),
+    )
+
+
+def test_noise_rule_by_hand() -> None:
+    incumbent = _score([0.80, 0.82, 0.78, 0.81, 0.79])
+    # paired gains 0.01, 0.03, -0.01, 0.02, 0.00: mean 0.01, sd 0.0158, standard error 0.00707
+    noisy = _score([0.81, 0.85, 0.77, 0.83, 0.79])
+    decision = noise_rule(noisy, incumbent, kind="layer", names=([30], [17]))
+    assert decision.gain == pytest.approx(0.01) and decision.standard_error == pytest.approx(np.sqrt(2.5e-4 / 5))
+    assert decision.accepted and (decision.incumbent, decision.challenger) == ([30], [17])
+    assert not noise_rule(noisy, incumbent, kind="layer", names=([30], [17]), standard_errors=2.0).accepted
+    # a small gain in every fold is no noise; a bigger mean gain carried by one fold is
+    steady = _score([0.802, 0.822, 0.782, 0.812, 0.792])
+    assert noise_rule(steady, incumbent, kind="layer", names=("a", "b")).accepted
+    one_fold = _score([0.80, 0.82, 0.78, 0.81, 0.89])
+    lucky = noise_rule(one_fold, incumbent, kind="layer", names=("a", "b"))
+    assert lucky.gain == pytest.approx(0.02) and not lucky.accepted
+    # equal scores never replace the simpler choice, even with a margin of 0
+    assert not noise_rule(incumbent, incumbent, kind="layer", names=("a", "b"), standard_errors=0.0).accepted
+    with pytest.raises(ValueError, match="same folds"):
+        noise_rule(_score([0.8, 0.8, 0.8]), incumbent, kind="layer", names=("a", "b"))
+    with pytest.raises(ValueError, match="same folds"):
+        noise_rule(_score([0.8] * 5, probe="tuned"), incumbent, kind="layer", names=("a", "b"))
+
+
+def test_a_noisy_copy_of_the_last_layer_that_wins_by_fold_noise_does_not_replace_it() -> None:
+    """The trap of naive CV: a layer carrying the last layer's signal plus jitter (so no better) wins on the
+    fold means by a few texts, and would be chosen without the rule."""
+    rng = np.random.default_rng(3)
+    signal = rng.normal(size=N)
+    labels = (signal + rng.normal(scale=0.6, size=N) > 0).astype(int)
+    vectors = _layers({5: signal, 2: signal + rng.normal(scale=0.15, size=N)}, seed=3)
+    scores = layer_scores(vectors, labels, FAST, show_progress_bar=False)
+    assert max(range(6), key=lambda layer: scores[layer].accuracy_mean) == 2  # what naive CV would take
+    naive = greedy_layers(vectors, labels, scores, max_layers=1, standard_errors=0.0, config=FAST)
+    assert naive.chosen == [2]
+    selection = greedy_layers(vectors, labels, scores, max_layers=1, config=FAST, show_progress_bar=False)
+    assert selection.chosen == [5]
+    refused = selection.kept_simpler[0]
+    assert (refused.kind, refused.incumbent, refused.challenger) == ("layer", [5], [2])
+    assert 0 < refused.gain < refused.standard_error
+
+
+def test_search_layers_takes_the_pooling_that_earns_it_and_keeps_the_default_otherwise() -> None:
+    a, b, labels = _halves(6)
+    weak = _layers({5: a})  # "mean": the last layer carries half the signal
+    strong = _layers({2: a, 3: b}, seed=1)  # "last": two middle layers carry all of it
+    search = search_layers({"mean": weak, "last": strong}, labels, candidates=3, config=FAST, show_progress_bar=False)
+    assert (search.pooling, search.layers) == ("last", [2, 3])
+    assert [(d.kind, d.accepted) for d in search.decisions] == [("pooling", True), ("against last layer", True)]
+    assert search.score.probe == "tuned" and search.last_layer.probe == "tuned"
+    assert search.score.accuracy_mean > search.last_layer.accuracy_mean + 0.1
+    assert set(search.curves) == {"mean", "last"} and search.curves["last"][2].probe == "ranking"
+    assert json.loads(json.dumps(search.to_dict()))["decisions"][0]["challenger"] == "last [2, 3]"
+
+    same = search_layers({"mean": weak, "max": weak.copy()}, labels, candidates=3, config=FAST, show_progress_bar=False)
+    assert (same.pooling, same.layers) == ("mean", [5])
+    assert [(d.kind, d.accepted) for d in same.decisions] == [("pooling", False)]
+    assert same.kept_simpler[-1].kind == "pooling" and same.score == same.last_layer
+    with pytest.raises(ValueError, match="same layers"):
+        search_layers({"mean": weak, "last": weak[:4]}, labels, config=FAST)
