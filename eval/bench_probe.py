@@ -63,7 +63,9 @@ def old_search(vectors: np.ndarray, labels: np.ndarray, splits: list) -> tuple[l
     chosen, score = [candidates[0]], curve[candidates[0]]
     while len(chosen) < 4:
         trials = [sorted([*chosen, layer]) for layer in candidates if layer not in chosen]
-        scores = [old_cv(np.concatenate([vectors[layer] for layer in trial], axis=1), labels, splits) for trial in trials]
+        scores = [
+            old_cv(np.concatenate([vectors[layer] for layer in trial], axis=1), labels, splits) for trial in trials
+        ]
         best = int(np.argmax(scores))
         if scores[best] - score < OLD_THRESHOLD:
             break
@@ -112,10 +114,14 @@ def main() -> None:
     print(f"new  (ranking probe + noise-rule greedy): {ranking_seconds:7.1f} s  chose {greedy.chosen}")
     print(f"new  search_layers (+ tuned checks):  {search_seconds:7.1f} s  chose {search.layers}")
     print(f"tuned probe (nested CV) on every layer: {tuned_seconds:7.1f} s")
-    print(f"ratio new/old: ranking + greedy {ranking_seconds / old_seconds:.2f}x, whole search "
-          f"{search_seconds / old_seconds:.2f}x (goal <= 3x)")
-    print(f"Spearman vs tuned probe: ranking probe {spearmanr(ranking_curve, tuned_curve).statistic:.3f}, "
-          f"former C=1 probe {spearmanr(old_curve, tuned_curve).statistic:.3f} (goal >= 0.9)")
+    print(
+        f"ratio new/old: ranking + greedy {ranking_seconds / old_seconds:.2f}x, whole search "
+        f"{search_seconds / old_seconds:.2f}x (goal <= 3x)"
+    )
+    print(
+        f"Spearman vs tuned probe: ranking probe {spearmanr(ranking_curve, tuned_curve).statistic:.3f}, "
+        f"former C=1 probe {spearmanr(old_curve, tuned_curve).statistic:.3f} (goal >= 0.9)"
+    )
     print("layer | tuned CV acc (C per fold) | ranking CV acc | former C=1 CV acc")
     for layer, (t, r, o) in enumerate(zip(tuned, ranking_curve, old_curve, strict=True)):
         cs = ",".join(f"{c:g}" for c in t.regularisation_folds)
