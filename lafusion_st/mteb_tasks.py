@@ -10,9 +10,12 @@ Two protocols, both run by MTEB's own evaluator (``AbsTaskClassification``):
   are comparable with the MTEB leaderboard's classification tasks.
 - ``paper``: the protocol of the layer-fusion literature: one experiment whose probe is trained on the
   whole training split. MTEB's undersampling keeps ``samples_per_label`` rows of every label, so a
-  bound no split reaches keeps every row (in a shuffled order). The probe is a logistic regression on
-  standardised features: LLM hidden states have a few very large coordinates, and an unscaled
-  ``lbfgs`` fit on thousands of rows stops long before it converges.
+  bound no split reaches keeps every row (in a shuffled order). The probe is lafusion's tuned probe
+  (:func:`lafusion_st.probe.tuned_probe`: standardised features, logistic regression whose C an inner CV
+  on the training rows chooses): LLM hidden states have a few very large coordinates, an unscaled
+  ``lbfgs`` fit on thousands of rows stops long before it converges, and a fixed C over-fits them.
+  The task name carries a fingerprint of that classifier (``SST2Classification.paper-1a2b3c4d``), so
+  results of another classifier are never taken from MTEB's cache.
 
 Variants (the ``paper`` protocol, stratified subsamples for quick runs) are subclasses with their own
 task name, so that MTEB's result cache keeps the result of each variant in its own file: MTEB reuses a
@@ -21,6 +24,7 @@ cached result by task name alone, so a subsampled run must never share a name wi
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Sequence
 from functools import cache
@@ -30,12 +34,11 @@ import mteb
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from mteb.abstasks.classification import AbsTaskClassification
 from mteb.abstasks.task_metadata import TaskMetadata
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.base import BaseEstimator
 
 from lafusion_st.data import LabeledTexts, load_bundled
 from lafusion_st.modes import PROTOCOLS, Protocol
+from lafusion_st.probe import tuned_probe
 
 __all__ = [
     "PROTOCOLS",
@@ -52,7 +55,15 @@ __all__ = [
 ]
 
 
-PAPER_PROBE_MAX_ITER = 1000
+PAPER_PROBE: BaseEstimator = tuned_probe()
+"""The paper protocol's classifier (cloned by MTEB for each experiment)."""
+
+
+def classifier_fingerprint(estimator: BaseEstimator) -> str:
+    """Eight hex digits that change whenever the classifier or any of its settings changes (a hash of its
+    scikit-learn ``repr``, which lists every non-default parameter, nested ones included)."""
+    return hashlib.sha256(repr(estimator).encode("utf-8")).hexdigest()[:8]
+
 
 _REUTERS_CITATION = r"""
 @phdthesis{cardoso2007improving,
@@ -333,15 +344,12 @@ def task_variant(
 
     suffixes, attributes, notes = [], {}, []
     if protocol == "paper":
-        suffixes.append("paper")
-        attributes.update(
-            n_experiments=1,
-            samples_per_label=sys.maxsize,
-            evaluator_model=make_pipeline(StandardScaler(), LogisticRegression(max_iter=PAPER_PROBE_MAX_ITER)),
-        )
+        suffixes.append(f"paper-{classifier_fingerprint(PAPER_PROBE)}")
+        attributes.update(n_experiments=1, samples_per_label=sys.maxsize, evaluator_model=PAPER_PROBE)
         notes.append(
-            "Paper protocol: one experiment, the probe (standardised features + logistic regression, "
-            f"max_iter={PAPER_PROBE_MAX_ITER}) trained on the whole training split."
+            "Paper protocol: one experiment, the probe (standardised features + logistic regression with C "
+            f"chosen by an inner CV on the training rows: {' '.join(repr(PAPER_PROBE).split())}) trained on "
+            "the whole training split."
         )
     dataset = dict(
         task_class.metadata.dataset

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from mteb.abstasks.task_metadata import TaskMetadata
 from mteb.results import TaskResult
+from sklearn.base import clone
 
 from lafusion_st import build_fused_model
 from lafusion_st.data import LabeledTexts, load_bundled
@@ -23,10 +24,12 @@ from lafusion_st.evaluation import (
     make_model_meta,
 )
 from lafusion_st.mteb_tasks import (
+    PAPER_PROBE,
     PROTOCOLS,
     TASKS,
     BundledClassificationTask,
     SST2Classification,
+    classifier_fingerprint,
     get_tasks,
     task_variant,
 )
@@ -165,9 +168,20 @@ def test_fused_model_writes_mteb_results_with_its_model_meta(tiny_models: dict[s
             / meta["revision"]
             / f"{task.metadata.name}.json"
         )
-        score = TaskResult.from_disk(path).get_score()
-        assert 0.0 <= score <= 1.0
+        written = TaskResult.from_disk(path)
+        experiments = written.scores["test"][0]["scores_per_experiment"]
+        assert len(experiments) == task.n_experiments
+        assert written.get_score() == pytest.approx(np.mean([experiment["accuracy"] for experiment in experiments]))
     assert sorted(r.task_name for r in result.task_results) == sorted(t.metadata.name for t in tasks)
+    # the paper protocol's score is the tuned probe's accuracy, fit on every training row in MTEB's order
+    paper = tasks[1]
+    paper.load_data()
+    train, test = paper.dataset["train"], paper.dataset["test"]
+    _, _, order = paper._undersample_data(train, 0)
+    assert sorted(order) == list(range(len(train)))
+    probe = clone(PAPER_PROBE).fit(model.encode([train["text"][i] for i in order]), np.take(train["label"], order))
+    expected = probe.score(model.encode(list(test["text"])), list(test["label"]))
+    assert TaskResult.from_disk(next(tmp_path.rglob(f"{paper.metadata.name}.json"))).get_score() == expected
 
 
 def test_label_set_mismatch_is_a_clear_error_and_writes_nothing(tmp_path: Path) -> None:
@@ -222,7 +236,8 @@ def test_get_tasks_rejects_what_it_cannot_run() -> None:
 
 def test_mteb_builtin_classification_task_resolves_in_both_protocols() -> None:
     standard, paper = get_tasks(["Banking77Classification"]) + get_tasks(["Banking77Classification"], protocol="paper")
-    assert paper.metadata.name == "Banking77Classification.paper" and paper.n_experiments == 1
+    assert paper.metadata.name == f"Banking77Classification.paper-{classifier_fingerprint(PAPER_PROBE)}"
+    assert paper.n_experiments == 1
     assert paper.metadata.dataset == standard.metadata.dataset  # still loads the same hub revision
 
 
@@ -232,3 +247,22 @@ def test_model_meta_of_a_non_torch_encoder_needs_what_cannot_be_read() -> None:
     with pytest.raises(ValueError, match="organisation/model"):
         make_model_meta(HashingEncoder(), "hashing", revision="r", n_parameters=0, framework=["NumPy"])
     assert hashing_meta(HashingEncoder()).embed_dim == DIMENSION
+
+
+def test_paper_task_names_change_with_the_classifier() -> None:
+    """Results of another probe must never be read from MTEB's cache: the name fingerprints the classifier."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from lafusion_st.probe import ProbeConfig, tuned_probe
+
+    former = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    prints = {
+        classifier_fingerprint(probe)
+        for probe in (PAPER_PROBE, tuned_probe(ProbeConfig(Cs=(0.1, 1.0))), tuned_probe(ProbeConfig(seed=1)), former)
+    }
+    assert len(prints) == 4 and classifier_fingerprint(tuned_probe()) == classifier_fingerprint(PAPER_PROBE)
+    (paper,) = get_tasks(["sst2"], protocol="paper")
+    assert paper.metadata.name == f"SST2Classification.paper-{classifier_fingerprint(PAPER_PROBE)}"
+    assert paper.evaluator_model is PAPER_PROBE
