@@ -14,7 +14,7 @@ Two probes, one job each (:data:`PROBES`):
   576-1000 coordinates of an LLM layer and understated SST-2 accuracies by 2-8 points. Inside an outer CV
   each outer fold tunes ``C`` on its own training part, so held-out texts never choose ``C`` (nested CV).
 * ``"ranking"``, for scoring many candidates (every layer, greedy rounds): ``StandardScaler -> ridge
-  classification`` whose ``alpha`` is chosen from ``ProbeConfig.alphas`` by efficient leave-one-out on the
+  classification`` whose ``alpha`` is chosen from ``ProbeConfig.alphas`` by efficient leave-one-out squared error on the
   training part (sklearn's ``RidgeClassifierCV``: one decomposition serves every alpha), several times
   cheaper than one logistic fit. ``eval/bench_probe.py`` measures its cost and how well its layer ranking
   agrees with the tuned probe's.
@@ -231,10 +231,9 @@ def tuned_probe(config: ProbeConfig = ProbeConfig(), inner_folds: int | None = N
 
 def ranking_probe(config: ProbeConfig = ProbeConfig()) -> Pipeline:
     """An unfitted ranking probe: ``StandardScaler -> RidgeClassifierCV`` (alpha from ``config.alphas`` by
-    efficient leave-one-out accuracy on the data ``fit`` gets)."""
-    return Pipeline(
-        [("scale", StandardScaler()), ("classify", RidgeClassifierCV(alphas=config.alphas, scoring="accuracy"))]
-    )
+    efficient leave-one-out squared error of the ±1 class targets on the data ``fit`` gets: smooth, unlike
+    leave-one-out accuracy, and needs no scorer call per alpha)."""
+    return Pipeline([("scale", StandardScaler()), ("classify", RidgeClassifierCV(alphas=config.alphas))])
 
 
 def fit_tuned_probe(

@@ -26,8 +26,9 @@ layer) use the tuned probe.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import combinations
 from typing import Any
 
@@ -548,6 +549,61 @@ def search_layers(
     if not decisions[-1].accepted:
         pooling, layers, score = poolings[0], last, last_score
     return LayerSearch(pooling, layers, score, last_score, curves, selections, tuned, decisions)
+
+
+@dataclass(frozen=True)
+class Stability:
+    """How the search's choice moves when only the CV folds change (one :func:`search_layers` per seed).
+
+    Attributes:
+        seeds: The fold seeds tried.
+        choices: ``(pooling, layers)`` chosen with each seed, in seed order.
+        layer_counts: ``layer -> number of seeds whose choice contains it`` (any pooling).
+        pooling_counts: ``pooling -> number of seeds that chose it``.
+    """
+
+    seeds: list[int]
+    choices: list[tuple[str, list[int]]]
+    layer_counts: dict[int, int]
+    pooling_counts: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seeds": list(self.seeds),
+            "choices": [{"pooling": pooling, "layers": list(layers)} for pooling, layers in self.choices],
+            "layer_counts": {str(layer): count for layer, count in self.layer_counts.items()},
+            "pooling_counts": dict(self.pooling_counts),
+        }
+
+
+def stability(
+    vectors: Mapping[str, np.ndarray],
+    labels: Sequence,
+    seeds: Sequence[int],
+    *,
+    config: ProbeConfig = ProbeConfig(),
+    **search_arguments: Any,
+) -> Stability:
+    """Repeat :func:`search_layers` with the fold seed set to each of ``seeds`` and count what it chose.
+
+    A layer chosen under every seed is a finding; one chosen under one seed of three is a fold accident.
+
+    Args:
+        vectors: As in :func:`search_layers`.
+        labels: Training labels.
+        seeds: Fold seeds (``config.seed`` is replaced by each).
+        config: Probe settings other than the seed.
+        **search_arguments: Further arguments of :func:`search_layers`.
+    """
+    if not seeds:
+        raise ValueError("Give at least one seed.")
+    choices = []
+    for seed in seeds:
+        search = search_layers(vectors, labels, config=replace(config, seed=int(seed)), **search_arguments)
+        choices.append((search.pooling, list(search.layers)))
+    layer_counts = Counter(layer for _, layers in choices for layer in layers)
+    pooling_counts = Counter(pooling for pooling, _ in choices)
+    return Stability([int(seed) for seed in seeds], choices, dict(sorted(layer_counts.items())), dict(pooling_counts))
 
 
 def complementarity(

@@ -17,11 +17,12 @@ from lafusion_st.selection import (
     greedy_models,
     noise_rule,
     search_layers,
+    stability,
     top_k,
 )
 
 N = 240
-FAST = ProbeConfig(folds=4, max_iter=200)
+FAST = ProbeConfig(folds=4, max_iter=200, Cs=(0.01, 0.1, 1.0))
 
 
 def _layers(signal_layers: dict[int, np.ndarray], num_layers: int = 6, hidden: int = 6, seed: int = 0) -> np.ndarray:
@@ -309,3 +310,13 @@ def test_search_layers_takes_the_pooling_that_earns_it_and_keeps_the_default_oth
     assert same.kept_simpler[-1].kind == "pooling" and same.score == same.last_layer
     with pytest.raises(ValueError, match="same layers"):
         search_layers({"mean": weak, "last": weak[:4]}, labels, config=FAST)
+
+
+def test_stability_counts_the_choice_of_each_fold_seed(two_halves) -> None:
+    vectors, labels = two_halves
+    result = stability({"mean": vectors}, labels, [0, 1, 2], candidates=3, config=FAST, show_progress_bar=False)
+    assert result.seeds == [0, 1, 2] and result.choices == [("mean", [1, 3])] * 3
+    assert result.layer_counts == {1: 3, 3: 3} and result.pooling_counts == {"mean": 3}
+    assert json.loads(json.dumps(result.to_dict()))["layer_counts"] == {"1": 3, "3": 3}
+    with pytest.raises(ValueError, match="at least one seed"):
+        stability({"mean": vectors}, labels, [])
