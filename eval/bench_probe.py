@@ -86,7 +86,7 @@ def main() -> None:
     vectors, labels = vectors.vectors, np.asarray(train.labels)
     config = ProbeConfig()
     splits = stratified_splits(labels, usable_folds(labels, config.folds), config.seed)
-    print(f"{args.task}: {len(labels)} training texts, {args.model} {args.pooling}, {len(vectors)} layers")
+    print(f"{args.task}: {len(labels)} training texts, {args.model} {args.pooling}, {len(vectors)} layers", flush=True)
 
     start = time.perf_counter()
     old_curve, old_chosen = old_search(vectors, labels, splits)

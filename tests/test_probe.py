@@ -76,12 +76,12 @@ def test_inner_cv_never_sees_the_held_out_fold() -> None:
     assert not np.array_equal(np.delete(after.predictions, held_out), np.delete(before.predictions, held_out))
 
 
-def test_ranking_probe_scores_on_the_same_folds_and_records_alpha() -> None:
+def test_ranking_probe_scores_its_path_on_the_same_folds_at_one_C() -> None:
     features, labels = _spread_signal(160, 5, seed=3, strength=0.6)
     ranking = cross_validate(features, labels, CONFIG, probe="ranking").score
     tuned = cross_validate(features, labels, CONFIG).score
     assert ranking.probe == "ranking" and tuned.probe == "tuned" and ranking.folds == tuned.folds == 4
-    assert all(alpha in CONFIG.alphas for alpha in ranking.regularisation_folds)
+    assert len(set(ranking.regularisation_folds)) == 1 and ranking.regularisation_folds[0] in CONFIG.ranking_Cs
     assert all(C in CONFIG.Cs for C in tuned.regularisation_folds)
     assert ranking.accuracy_mean > 0.8 and tuned.accuracy_mean > 0.8
     assert ranking.accuracy_mean == pytest.approx(np.mean(ranking.accuracy_folds))

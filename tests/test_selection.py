@@ -277,10 +277,10 @@ def test_noise_rule_by_hand() -> None:
 def test_a_noisy_copy_of_the_last_layer_that_wins_by_fold_noise_does_not_replace_it() -> None:
     """The trap of naive CV: a layer carrying the last layer's signal plus jitter (so no better) wins on the
     fold means by a few texts, and would be chosen without the rule."""
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(1)
     signal = rng.normal(size=N)
     labels = (signal + rng.normal(scale=0.6, size=N) > 0).astype(int)
-    vectors = _layers({5: signal, 2: signal + rng.normal(scale=0.15, size=N)}, seed=3)
+    vectors = _layers({5: signal, 2: signal + rng.normal(scale=0.15, size=N)}, seed=1)
     scores = layer_scores(vectors, labels, FAST, show_progress_bar=False)
     assert max(range(6), key=lambda layer: scores[layer].accuracy_mean) == 2  # what naive CV would take
     naive = greedy_layers(vectors, labels, scores, max_layers=1, standard_errors=0.0, config=FAST)
