@@ -436,8 +436,8 @@ class LayerSearch:
         score: Tuned-probe CV score of the choice.
         last_layer: Tuned-probe CV score of the last layer under the first (default) pooling: the baseline.
         curves: ``pooling -> ranking-probe CV score of every layer``.
-        selections: ``pooling -> greedy layer selection`` (ranking probe, with its decisions).
-        tuned: ``pooling -> tuned-probe CV score of that pooling's selection``.
+        best_single: ``pooling -> (its best single layer by the ranking probe, that layer's tuned-probe score)``.
+        selection: The greedy layer selection under the chosen pooling (ranking probe, with its decisions).
         decisions: The tuned probe's decisions: each further pooling against the current one, then the
             choice against the last layer.
     """
@@ -447,15 +447,14 @@ class LayerSearch:
     score: ProbeScore
     last_layer: ProbeScore
     curves: dict[str, list[ProbeScore]]
-    selections: dict[str, Selection]
-    tuned: dict[str, ProbeScore]
+    best_single: dict[str, tuple[int, ProbeScore]]
+    selection: Selection
     decisions: list[Decision]
 
     @property
     def kept_simpler(self) -> list[Decision]:
-        """Every decision of the search (greedy rounds, poolings, final) that kept the simpler choice."""
-        greedy = [decision for selection in self.selections.values() for decision in selection.decisions]
-        return [decision for decision in [*greedy, *self.decisions] if not decision.accepted]
+        """Every decision of the search (poolings, greedy rounds, final) that kept the simpler choice."""
+        return [decision for decision in [*self.selection.decisions, *self.decisions] if not decision.accepted]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -463,9 +462,12 @@ class LayerSearch:
             "layers": list(self.layers),
             "score": self.score.to_dict(),
             "last_layer": self.last_layer.to_dict(),
-            "tuned": {pooling: score.to_dict() for pooling, score in self.tuned.items()},
+            "best_single": {
+                pooling: {"layer": layer, "score": score.to_dict()}
+                for pooling, (layer, score) in self.best_single.items()
+            },
             "decisions": [decision.to_dict() for decision in self.decisions],
-            "selections": {pooling: selection.to_dict() for pooling, selection in self.selections.items()},
+            "selection": self.selection.to_dict(),
         }
 
 
@@ -482,11 +484,16 @@ def search_layers(
 ) -> LayerSearch:
     """Choose one model's pooling and layers: the search of ``lafusion select`` and ``lafusion run``.
 
-    Per pooling, the ranking probe scores every layer and :func:`greedy_layers` grows a choice from the last
-    layer among the ``candidates`` best single layers. The tuned probe then scores each pooling's choice on
-    the same folds: the first pooling is the incumbent and another replaces it only under the noise rule;
-    finally the choice must pass the noise rule against the last layer under the first pooling (the plain
-    default embedder), or the last layer is kept.
+    1. Per pooling, the ranking probe scores every layer.
+    2. Pooling: the tuned probe scores each pooling's best single layer on the same folds; the first pooling
+       is the incumbent and another replaces it only under the noise rule.
+    3. Layers: under the chosen pooling, :func:`greedy_layers` grows a choice from the last layer among the
+       ``candidates`` best single layers (ranking probe, noise rule).
+    4. The tuned probe scores the choice, which must pass the noise rule against the last layer under the
+       first pooling (the plain default embedder), or the last layer is kept.
+
+    Greedy fusion runs under the chosen pooling only: the poolings are compared on what each does best
+    alone, which costs one layer curve per pooling instead of one greedy search each.
 
     Args:
         vectors: ``pooling -> [L + 1, N, H]`` training vectors of one model; the first pooling is the default.
@@ -507,48 +514,58 @@ def search_layers(
     depths = {pooling: np.shape(block)[0] for pooling, block in vectors.items()}
     if len(set(depths.values())) != 1:
         raise ValueError(f"Every pooling must have the same layers; got layer counts {depths}.")
-    _check_count("candidates", candidates, depths[poolings[0]])
+    last = depths[poolings[0]] - 1
+    _check_count("candidates", candidates, last + 1)
     labels = np.asarray(labels)
     folds = usable_folds(labels, config.folds)
+    tuned: dict[tuple[str, tuple[int, ...]], ProbeScore] = {}
 
     def tuned_cv(pooling: str, layers: list[int]) -> ProbeScore:
-        return cross_validate(_concat_layers(vectors[pooling], layers), labels, config, folds=folds).score
+        key = (pooling, tuple(layers))
+        if key not in tuned:
+            features = _concat_layers(vectors[pooling], layers)
+            tuned[key] = cross_validate(features, labels, config, folds=folds).score
+        return tuned[key]
 
-    curves, selections, tuned = {}, {}, {}
-    for pooling in poolings:
-        curve = layer_scores(vectors[pooling], labels, config, show_progress_bar=show_progress_bar)
-        best_first = sorted(range(len(curve)), key=lambda layer: (-curve[layer].mean(metric), layer))
-        curves[pooling] = curve
-        selections[pooling] = greedy_layers(
-            vectors[pooling],
-            labels,
-            curve,
-            standard_errors=standard_errors,
-            max_layers=max_layers,
-            candidates=best_first[:candidates],
-            metric=metric,
-            config=config,
-            show_progress_bar=show_progress_bar,
-        )
-        tuned[pooling] = tuned_cv(pooling, selections[pooling].chosen)
+    def rule(challenger: ProbeScore, incumbent: ProbeScore, kind: str, names: tuple[str, str]) -> Decision:
+        return noise_rule(challenger, incumbent, kind=kind, names=names, metric=metric, standard_errors=standard_errors)
 
-    rule = lambda challenger, incumbent, kind, names: noise_rule(  # noqa: E731
-        challenger, incumbent, kind=kind, names=names, metric=metric, standard_errors=standard_errors
-    )
-    describe = lambda pooling: f"{pooling} {selections[pooling].chosen}"  # noqa: E731
+    curves = {
+        pooling: layer_scores(vectors[pooling], labels, config, show_progress_bar=show_progress_bar)
+        for pooling in poolings
+    }
+    ranked = {
+        pooling: sorted(range(last + 1), key=lambda layer: (-curve[layer].mean(metric), layer))
+        for pooling, curve in curves.items()
+    }
+    best_single = {pooling: (ranked[pooling][0], tuned_cv(pooling, ranked[pooling][:1])) for pooling in poolings}
     pooling, decisions = poolings[0], []
     for challenger in poolings[1:]:
-        decisions.append(rule(tuned[challenger], tuned[pooling], "pooling", (describe(pooling), describe(challenger))))
+        (layer, score), (incumbent_layer, incumbent_score) = best_single[challenger], best_single[pooling]
+        decisions.append(
+            rule(score, incumbent_score, "pooling", (f"{pooling} [{incumbent_layer}]", f"{challenger} [{layer}]"))
+        )
         pooling = challenger if decisions[-1].accepted else pooling
-    layers, score = selections[pooling].chosen, tuned[pooling]
-    last = [depths[pooling] - 1]
-    if (pooling, layers) == (poolings[0], last):
-        return LayerSearch(pooling, layers, score, score, curves, selections, tuned, decisions)
-    last_score = tuned_cv(poolings[0], last)
-    decisions.append(rule(score, last_score, "against last layer", (f"{poolings[0]} {last}", describe(pooling))))
-    if not decisions[-1].accepted:
-        pooling, layers, score = poolings[0], last, last_score
-    return LayerSearch(pooling, layers, score, last_score, curves, selections, tuned, decisions)
+
+    selection = greedy_layers(
+        vectors[pooling],
+        labels,
+        curves[pooling],
+        standard_errors=standard_errors,
+        max_layers=max_layers,
+        candidates=ranked[pooling][:candidates],
+        metric=metric,
+        config=config,
+        show_progress_bar=show_progress_bar,
+    )
+    layers, score = selection.chosen, tuned_cv(pooling, selection.chosen)
+    last_score = tuned_cv(poolings[0], [last])
+    if (pooling, layers) != (poolings[0], [last]):
+        names = (f"{poolings[0]} {[last]}", f"{pooling} {layers}")
+        decisions.append(rule(score, last_score, "against last layer", names))
+        if not decisions[-1].accepted:
+            pooling, layers, score = poolings[0], [last], last_score
+    return LayerSearch(pooling, layers, score, last_score, curves, best_single, selection, decisions)
 
 
 @dataclass(frozen=True)
