@@ -48,10 +48,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import sklearn
 from joblib import Parallel, delayed
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -330,7 +331,7 @@ def cross_validate(
     ]
     path_accuracy = np.array(
         [
-            [accuracy_score(labels[test], predicted) for _, predicted, _ in fold]
+            [np.mean(predicted == labels[test]) for _, predicted, _ in fold]
             for fold, (_, test) in zip(per_fold, splits, strict=True)
         ]
     )
@@ -481,8 +482,9 @@ def _fold_predictions(
 @contextmanager
 def _one_thread_quietly() -> Iterator[None]:
     """One BLAS thread (see :func:`score_many`); a fit stopped by ``max_iter`` is reported through
-    ``converged`` flags rather than one warning per fit, and inner folds missing a rare class are expected."""
-    with warnings.catch_warnings(), threadpool_limits(limits=1):
+    ``converged`` flags rather than one warning per fit, inner folds missing a rare class are expected, and
+    scikit-learn skips its finiteness checks (:func:`_as_arrays` checked the features once)."""
+    with warnings.catch_warnings(), threadpool_limits(limits=1), sklearn.config_context(assume_finite=True):
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
         yield
