@@ -1,8 +1,11 @@
 """The whole method on one task: scan -> score layers -> select -> build -> test, as one call.
 
-Why one module: ``lafusion run`` and scripts need the same sequence, and the rule that makes it honest
-lives here once: layers, fusions and models are chosen by cross-validation on the *training* split; the
-test split is only used, at the end, to report the accuracy of configurations already chosen.
+Why one module: ``lafusion run`` and scripts need the same sequence, and the rules that make it honest
+live here once: poolings, layers, fusions and models are chosen by cross-validation on the *training*
+split (candidates ranked by the ranking probe, final choices and every reported CV number by the tuned
+probe, a more complex choice taken only under the noise rule of :mod:`lafusion_st.selection`); the test
+split is only used, at the end, to report the accuracy of configurations already chosen, each with its
+95% interval, and the paired tests of the comparisons the table invites.
 """
 
 from __future__ import annotations
@@ -15,22 +18,31 @@ from typing import Any
 import numpy as np
 
 from lafusion_st.data import LabeledTexts, check_classification_data
-from lafusion_st.probe import ProbeConfig, ProbeScore, TestScore, fit_and_test, layer_scores
+from lafusion_st.probe import ProbeConfig, ProbeScore, TestScore, cross_validate, fit_and_test
 from lafusion_st.report import plot_layer_curves, write_report
 from lafusion_st.scan import TaskScan, fused_from_scan, scan_task
-from lafusion_st.selection import Selection, complementarity, greedy_layers, greedy_models
+from lafusion_st.selection import (
+    LayerSearch,
+    Stability,
+    complementarity,
+    greedy_models,
+    search_layers,
+    stability,
+)
 from lafusion_st.spec import EmbedderSpec, RunSettings
+from lafusion_st.stats import PairedTest, holm, mcnemar
 
 logger = logging.getLogger(__name__)
-
-GREEDY_CANDIDATES = 8
-"""Greedy layer selection considers the best single layers only: each round costs one CV per candidate."""
-
 
 LAST_LAYER, BEST_LAYER, FUSED_LAYERS = "last layer", "best layer", "fused layers"
 ALL_MODELS, GREEDY_MODELS = "multi-model", "greedy models"
 ROLES = (LAST_LAYER, BEST_LAYER, FUSED_LAYERS, ALL_MODELS, GREEDY_MODELS)
-"""Row roles: per model (the first three) and across models (the last two)."""
+"""Row roles: per model (the first three) and across models (the last two). ``fused layers`` is the
+automatic choice (pooling and layers), which may be a single layer or the last layer itself."""
+
+COMPARISONS = ((FUSED_LAYERS, LAST_LAYER), (FUSED_LAYERS, BEST_LAYER))
+"""Per model, the paired test-split comparisons a run reports: the choice against the last layer and
+against the best single layer."""
 
 CHECK_ATOL, CHECK_RTOL = 1e-4, 1e-4
 """Element-wise tolerance (``atol + rtol * |x|``) of the built embedder against the scan it was chosen on:
@@ -43,9 +55,9 @@ class Row:
 
     Attributes:
         role: One of :data:`ROLES`.
-        spec: The configuration (models and resolved layers under the run's settings).
-        cv: Its cross-validated score on the training split (what chose it).
-        test: Its test score, or ``None`` when no test split was given.
+        spec: The configuration (models, resolved layers and pooling under the run's settings).
+        cv: Its tuned-probe cross-validated score on the training split.
+        test: Its test score (tuned probe, with C and interval), or ``None`` when no test split was given.
     """
 
     role: str
@@ -65,21 +77,37 @@ class Row:
         return f"{model} {self.role} {layers[model]}"
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """A paired test-split comparison of two rows (McNemar), with its Holm-adjusted p-value in the run."""
+
+    better: str
+    worse: str
+    test: PairedTest
+    holm_p_value: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"a": self.better, "b": self.worse, **self.test.to_dict(), "holm_p_value": self.holm_p_value}
+
+
 @dataclass
 class RunResult:
     """The result rows, keyed by ``(model, role)`` (``model`` is ``"a+b"`` for a row over several models), the
-    chosen embedder's spec, the scans, and the files written."""
+    chosen embedder's spec, each model's search, the paired comparisons, the scans, and the files written."""
 
     rows: dict[tuple[str, str], Row]
     chosen: EmbedderSpec
+    searches: dict[str, LayerSearch]
+    comparisons: list[Comparison]
+    stability: dict[str, Stability]
     report_path: Path
     plot_path: Path
     model_path: Path
     scans: TaskScan
 
     def layers(self, model: str) -> list[int]:
-        """The layers the greedy fusion chose for ``model`` (also for a model the model search dropped)."""
-        return list(self.rows[(model, FUSED_LAYERS)].spec.layers[0])
+        """The layers the search chose for ``model`` (also for a model the model search dropped)."""
+        return list(self.searches[model].layers)
 
 
 def run_task(
@@ -92,10 +120,12 @@ def run_task(
 ) -> RunResult:
     """Run the method on one task and write a report, a plot and the chosen fused embedder.
 
-    For each model: the CV score of every layer, the best single layer, and a greedy fusion of layers; with
-    several models, a greedy choice of models with their complementarity. The test split then scores the
-    last layer, the best layer, the fused layers and the multi-model fusion, each probe trained on the
-    whole training split.
+    For each model: :func:`~lafusion_st.selection.search_layers` over the candidate poolings (every layer
+    ranked, greedy fusion from the last layer, pooling and final choice by the tuned probe under the noise
+    rule); with several models, a greedy choice of models with their complementarity. The test split then
+    scores the last layer, the best single layer, the chosen layers and the multi-model fusions, each with
+    the tuned probe trained on the whole training split, and the paired comparisons of the chosen layers
+    with the last and the best single layer (McNemar, Holm-adjusted over the run).
 
     Args:
         task: Task name for the report and the plot title.
@@ -103,7 +133,7 @@ def run_task(
         test: Test texts and labels, or ``None`` to select and build only (``lafusion select``).
         models: Model short names or folders.
         output_dir: Receives ``report.json``, ``layer_curves.png`` and ``model/`` (a SentenceTransformer).
-        settings: Pooling, limits and selection settings.
+        settings: Poolings, limits and selection settings.
     """
     settings = settings or RunSettings()
     check_classification_data(train, test)
@@ -117,62 +147,63 @@ def run_task(
         max_seq_length=scan.max_seq_length,
         batch_size=scan.batch_size,
     )
-    train_vectors = {model: scans.train[model][settings.pooling] for model in models}
-
+    labels = np.asarray(train.labels)
     rows: dict[tuple[str, str], Row] = {}
 
-    def add_row(role: str, spec: EmbedderSpec, cv: ProbeScore) -> None:
-        tested = score_fusion_on_test(scans, spec, train, test, settings.probe) if test is not None else None
-        rows[("+".join(spec.models), role)] = Row(role, spec, cv, tested)
+    def tuned_cv(spec: EmbedderSpec) -> ProbeScore:
+        return cross_validate(fused_from_scan(scans.train, spec), labels, settings.probe).score
 
-    curves: dict[str, list[ProbeScore]] = {}
-    selections: dict[str, Selection] = {}
+    def add_row(role: str, spec: EmbedderSpec, cv: ProbeScore | None = None) -> None:
+        tested = score_fusion_on_test(scans, spec, train, test, settings.probe) if test is not None else None
+        rows[("+".join(spec.models), role)] = Row(role, spec, cv if cv is not None else tuned_cv(spec), tested)
+
+    searches: dict[str, LayerSearch] = {}
+    chosen_specs: dict[str, EmbedderSpec] = {}
     for model in models:
-        vectors = train_vectors[model].vectors
-        curves[model] = layer_scores(vectors, train.labels, settings.probe)
-        best = max(range(len(curves[model])), key=lambda layer: (curves[model][layer].accuracy_mean, -layer))
-        candidates = sorted(range(len(curves[model])), key=lambda layer: -curves[model][layer].accuracy_mean)[
-            :GREEDY_CANDIDATES
-        ]
-        selections[model] = greedy_layers(
+        vectors = {pooling: scans.train[model][pooling].vectors for pooling in settings.poolings}
+        search = searches[model] = search_layers(
             vectors,
-            train.labels,
-            curves[model],
-            threshold=settings.threshold,
+            labels,
             max_layers=settings.max_layers,
-            candidates=candidates,
+            standard_errors=settings.standard_errors,
             config=settings.probe,
         )
-        last = len(curves[model]) - 1
-        for role, layers, score in (
-            (LAST_LAYER, [last], curves[model][last]),
-            (BEST_LAYER, [best], curves[model][best]),
-            (FUSED_LAYERS, selections[model].chosen, selections[model].score),
-        ):
-            add_row(role, settings.spec([model], [layers]), score)
+        best, best_score = search.best_single[search.pooling]
+        last = len(search.curves[search.pooling]) - 1
+        chosen_specs[model] = settings.spec([model], [search.layers], [search.pooling])
+        add_row(LAST_LAYER, settings.spec([model], [[last]], [settings.poolings[0]]), search.last_layer)
+        add_row(BEST_LAYER, settings.spec([model], [[best]], [search.pooling]), best_score)
+        add_row(FUSED_LAYERS, chosen_specs[model], search.score)
 
     chosen_models = list(models)
-    model_complementarity = None
+    model_complementarity, model_selection = None, None
     if len(models) > 1:
-        features = {model: train_vectors[model].concat(selections[model].chosen) for model in models}
-        selections["models"] = greedy_models(
-            features, train.labels, threshold=settings.threshold, config=settings.probe
+        features = {model: fused_from_scan(scans.train, chosen_specs[model]) for model in models}
+        model_selection = greedy_models(
+            features, labels, standard_errors=settings.standard_errors, config=settings.probe
         )
-        model_complementarity = complementarity(features, train.labels, settings.probe)
-        chosen_models = list(selections["models"].chosen)
-        add_row(
-            ALL_MODELS,
-            settings.spec(models, [selections[m].chosen for m in models]),
-            _cv_of_all(selections["models"], models),
-        )
+        model_complementarity = complementarity(features, labels, settings.probe)
+        chosen_models = list(model_selection.chosen)
+        add_row(ALL_MODELS, _joined(chosen_specs, models))
         if len(chosen_models) < len(models):
-            add_row(
-                GREEDY_MODELS,
-                settings.spec(chosen_models, [selections[m].chosen for m in chosen_models]),
-                selections["models"].score,
-            )
+            add_row(GREEDY_MODELS, _joined(chosen_specs, chosen_models))
 
-    chosen = settings.spec(chosen_models, [selections[m].chosen for m in chosen_models])
+    comparisons = compare_rows(rows, models) if test is not None else []
+    stable = {
+        model: stability(
+            {pooling: scans.train[model][pooling].vectors for pooling in settings.poolings},
+            labels,
+            [settings.probe.seed + offset for offset in range(settings.seeds)],
+            max_layers=settings.max_layers,
+            standard_errors=settings.standard_errors,
+            config=settings.probe,
+            show_progress_bar=False,
+        )
+        for model in models
+        if settings.seeds > 1
+    }
+
+    chosen = _joined(chosen_specs, chosen_models)
     model_path = output_dir / "model"
     embedder = chosen.build()
     _check_embedder_matches_scan(
@@ -180,20 +211,24 @@ def run_task(
     )
     embedder.save(str(model_path))
     plot_path = plot_layer_curves(
-        output_dir / "layer_curves.png", curves, {m: selections[m].chosen for m in models}, task=task
+        output_dir / "layer_curves.png",
+        {f"{model} ({search.pooling})": search.curves[search.pooling] for model, search in searches.items()},
+        {f"{model} ({search.pooling})": search.layers for model, search in searches.items()},
+        task=task,
     )
     report_path = output_dir / "report.json"
     write_report(
         report_path,
         task=task,
-        layer_scores=curves,
-        selections=selections,
+        layer_scores={model: search.curves[search.pooling] for model, search in searches.items()},
+        selections={**searches, **({"models": model_selection} if model_selection is not None else {})},
         complementarity=model_complementarity,
         test_scores={row.label: row.test for row in rows.values() if row.test is not None},
         probe_config=settings.probe,
         settings={
-            "pooling": settings.pooling,
+            "poolings": list(settings.poolings),
             "max_seq_length": settings.max_seq_length,
+            "standard_errors": settings.standard_errors,
             "num_train": len(train),
             "num_test": len(test) if test is not None else 0,
             "models": models,
@@ -201,16 +236,72 @@ def run_task(
             "chosen": chosen.to_dict(),
             "model_path": str(model_path),
         },
+        extra={
+            "kept_simpler": {
+                model: [decision.to_dict() for decision in search.kept_simpler] for model, search in searches.items()
+            }
+            | (
+                {"models": [decision.to_dict() for decision in model_selection.kept_simpler]}
+                if model_selection is not None
+                else {}
+            ),
+            "chosen_C": {row.label: row.test.C for row in rows.values() if row.test is not None},
+            "cv": {row.label: row.cv.to_dict() for row in rows.values()},
+            "comparisons": [comparison.to_dict() for comparison in comparisons],
+            "stability": {model: result.to_dict() for model, result in stable.items()},
+        },
     )
-    return RunResult(rows, chosen, report_path, Path(plot_path), model_path, scans)
+    return RunResult(rows, chosen, searches, comparisons, stable, report_path, Path(plot_path), model_path, scans)
+
+
+def compare_rows(rows: dict[tuple[str, str], Row], models: list[str]) -> list[Comparison]:
+    """McNemar tests of :data:`COMPARISONS` per model (skipping identical configurations), Holm-adjusted
+    together."""
+    pairs = [
+        (rows[(model, a)], rows[(model, b)])
+        for model in models
+        for a, b in COMPARISONS
+        if rows[(model, a)].spec != rows[(model, b)].spec
+    ]
+    tests = [mcnemar(a.test.correct, b.test.correct) for a, b in pairs]
+    adjusted = holm([test.p_value for test in tests])
+    return [Comparison(a.label, b.label, test, p) for (a, b), test, p in zip(pairs, tests, adjusted, strict=True)]
 
 
 def format_table(result: RunResult) -> str:
-    """The result table as Markdown: CV accuracy on train (what chose it) and, when tested, test accuracy / macro-F1."""
-    lines = ["| configuration | CV acc. (train) | test acc. | test macro-F1 |", "|---|---|---|---|"]
+    """The result table as Markdown: tuned-probe CV accuracy on train (what chose it) and, when tested, test
+    accuracy with its 95% interval, macro-F1 and the C the probe chose; then the paired comparisons and the
+    chosen pooling of each model."""
+    lines = [
+        "| configuration | pooling | CV acc. (train) | test acc. [95% CI] | test macro-F1 | C |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in result.rows.values():
-        tested = f"{row.test.accuracy:.4f} | {row.test.macro_f1:.4f}" if row.test is not None else "- | -"
-        lines.append(f"| {row.label} | {row.cv.accuracy_mean:.4f} ± {row.cv.accuracy_std:.4f} | {tested} |")
+        pooling = "/".join(dict.fromkeys(row.spec.pooling))
+        if row.test is not None:
+            low, high = row.test.accuracy_interval.low, row.test.accuracy_interval.high
+            tested = f"{row.test.accuracy:.4f} [{low:.3f}, {high:.3f}] | {row.test.macro_f1:.4f} | {row.test.C:g}"
+        else:
+            tested = "- | - | -"
+        lines.append(f"| {row.label} | {pooling} | {row.cv.accuracy_mean:.4f} ± {row.cv.accuracy_std:.4f} | {tested} |")
+    lines.append("")
+    for comparison in result.comparisons:
+        test = comparison.test
+        lines.append(
+            f"{comparison.better} vs {comparison.worse}: {100 * test.difference:+.1f} points on test "
+            f"({test.only_a} vs {test.only_b} texts right only there), McNemar p = {test.p_value:.3g}, "
+            f"Holm p = {comparison.holm_p_value:.3g}"
+        )
+    for model, search in result.searches.items():
+        lines.append(
+            f"{model}: pooling {search.pooling}, layers {search.layers}; "
+            f"simpler choice kept {len(search.kept_simpler)} time(s) (report.json: kept_simpler)"
+        )
+    for model, stable in result.stability.items():
+        counts = ", ".join(f"{layer}: {count}/{len(stable.seeds)}" for layer, count in stable.layer_counts.items())
+        lines.append(
+            f"{model}: layers chosen across fold seeds {stable.seeds}: {counts}; poolings {stable.pooling_counts}"
+        )
     return "\n".join(lines)
 
 
@@ -219,7 +310,7 @@ def score_fusion_on_test(
 ) -> TestScore:
     """Test score of the embedder ``spec`` (concatenated layers and models, as built) from a scan.
 
-    The probe is fit on the whole training split and scored on the test split, so call this only for
+    The tuned probe is fit on the whole training split and scored on the test split, so call this only for
     configurations already chosen on training data.
     """
     return fit_and_test(
@@ -227,12 +318,15 @@ def score_fusion_on_test(
     )
 
 
-def _cv_of_all(selection: Selection, models: list[str]) -> ProbeScore:
-    """CV score of fusing every model, from the greedy search's steps (scored there when it was tried)."""
-    for step in selection.steps:
-        if sorted(step.candidate) == sorted(models):
-            return step.score
-    return selection.score
+def _joined(specs: dict[str, EmbedderSpec], models: list[str]) -> EmbedderSpec:
+    """One spec fusing the single-model specs of ``models`` (their layers and poolings), in that order."""
+    first = specs[models[0]]
+    return EmbedderSpec(
+        tuple(models),
+        tuple(specs[model].layers[0] for model in models),
+        tuple(specs[model].pooling[0] for model in models),
+        max_seq_length=first.max_seq_length,
+    )
 
 
 def _check_embedder_matches_scan(embedder: Any, scanned: dict, spec: EmbedderSpec, data: LabeledTexts) -> None:

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from lafusion_st.files import write_text_atomic
 from lafusion_st.probe import Metric, ProbeConfig, ProbeScore, TestScore, check_metric
-from lafusion_st.selection import Complementarity, Selection
+from lafusion_st.selection import Complementarity, LayerSearch, Selection
 
 REPORT_FORMAT = 1
 
@@ -26,23 +26,26 @@ def build_report(
     *,
     task: str,
     layer_scores: Mapping[str, Sequence[ProbeScore]],
-    selections: Mapping[str, Selection] | None = None,
+    selections: Mapping[str, Selection | LayerSearch] | None = None,
     complementarity: Complementarity | None = None,
     test_scores: Mapping[str, TestScore] | None = None,
     probe_config: ProbeConfig | None = None,
     settings: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report as plain JSON types.
 
     Args:
         task: Task name, e.g. ``sst2``.
         layer_scores: ``model -> [score of layer 0, ..., score of layer L]`` (CV on the training split).
-        selections: Named selections, e.g. ``{"smollm2-135m/greedy_layers": selection, "models": selection}``.
+        selections: Named selections (anything with ``to_dict()``: a ``Selection``, a ``LayerSearch``), e.g.
+            ``{"smollm2-135m": search, "models": selection}``.
         complementarity: Error overlap of the models' probes.
         test_scores: Named test-split results of chosen configurations (``fit_and_test``), the only place
             test data appears; e.g. ``{"smollm2-135m/last_layer": ..., "smollm2-135m/greedy_layers": ...}``.
         probe_config: The probe settings used for every score.
         settings: Anything else worth recording (poolings, max_seq_length, subsample sizes, timings, ...).
+        extra: Further top-level sections, already JSON types (decisions, paired comparisons, ...).
     """
     models = {}
     for model, scores in layer_scores.items():
@@ -63,6 +66,7 @@ def build_report(
         "selections": {name: selection.to_dict() for name, selection in (selections or {}).items()},
         "complementarity": complementarity.to_dict() if complementarity is not None else None,
         "test": {name: score.to_dict() for name, score in (test_scores or {}).items()},
+        **dict(extra or {}),
     }
     return _finite(report)
 

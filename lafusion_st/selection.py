@@ -458,8 +458,9 @@ class LayerSearch:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "strategy": "search_layers",
+            "chosen": list(self.layers),
             "pooling": self.pooling,
-            "layers": list(self.layers),
             "score": self.score.to_dict(),
             "last_layer": self.last_layer.to_dict(),
             "best_single": {
@@ -499,7 +500,7 @@ def search_layers(
         vectors: ``pooling -> [L + 1, N, H]`` training vectors of one model; the first pooling is the default.
         labels: Training labels.
         max_layers: Upper bound on the number of fused layers.
-        candidates: How many of the best single layers greedy selection may add.
+        candidates: How many of the best single layers greedy selection may add (all, if the model has fewer).
         standard_errors: The noise rule's margin.
         metric: What is maximised.
         config: Probe settings (both probes).
@@ -515,7 +516,7 @@ def search_layers(
     if len(set(depths.values())) != 1:
         raise ValueError(f"Every pooling must have the same layers; got layer counts {depths}.")
     last = depths[poolings[0]] - 1
-    _check_count("candidates", candidates, last + 1)
+    _check_count("candidates", candidates, 10**9)  # more than the model has layers: all of them
     labels = np.asarray(labels)
     folds = usable_folds(labels, config.folds)
     tuned: dict[tuple[str, tuple[int, ...]], ProbeScore] = {}

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lafusion_st.errors import InvalidArgumentError
-from lafusion_st.modes import FUSION_MODES, POOLING_MODES, FusionMode, PoolingMode
+from lafusion_st.modes import FUSION_MODES, POOLING_MODES, STANDARD_ERRORS, FusionMode, PoolingMode
 
 if TYPE_CHECKING:
     from lafusion_st.model import FusedSentenceTransformer
@@ -226,59 +226,90 @@ class RunSettings:
     """What ``lafusion select`` / ``run`` search over and how; the defaults are those of the CLI.
 
     Attributes:
-        pooling: Pooling of every scanned and chosen layer.
+        poolings: Candidate poolings, all scanned in one pass; the first is the default that another must
+            beat under the noise rule.
         max_seq_length: Token limit, of the scan and of the built embedder.
         batch_size: Scan batch size.
-        threshold: Smallest CV accuracy gain that adds a layer or a model (0.002 = 0.2 points).
+        standard_errors: The noise rule's margin: a more complex choice must gain more than this many
+            standard errors of its paired per-fold CV gain (see :mod:`lafusion_st.selection`).
         max_layers: Most layers fused per model.
-        probe: The linear probe's settings (CV folds, seed, ...).
+        seeds: How many CV fold seeds (from ``probe.seed`` on) the search is repeated with to report how
+            stable its choice is (1: no repetition).
+        probe: The probes' settings (CV folds, seed, C grids, ...).
     """
 
-    pooling: PoolingMode = EmbedderSpec.pooling
+    poolings: tuple[PoolingMode, ...] = (EmbedderSpec.pooling, "last")
     max_seq_length: int = EmbedderSpec.max_seq_length
     batch_size: int = ScanSettings.batch_size
-    threshold: float = 0.002
+    standard_errors: float = STANDARD_ERRORS
     max_layers: int = 4
+    seeds: int = 1
     probe: ProbeConfig = field(default_factory=_default_probe)
+
+    def __post_init__(self) -> None:
+        self.poolings = tuple(dict.fromkeys(self.poolings))
+        if not self.poolings:
+            raise InvalidArgumentError("Give at least one candidate pooling.")
+        for pooling in self.poolings:
+            _check_choice("pooling", pooling, POOLING_MODES)
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
+            raise InvalidArgumentError(f"seeds must be a positive integer, got {self.seeds!r}.")
+        if self.standard_errors < 0:
+            raise InvalidArgumentError(f"standard_errors must be >= 0, got {self.standard_errors!r}.")
 
     @property
     def scan(self) -> ScanSettings:
-        return ScanSettings((self.pooling,), self.max_seq_length, self.batch_size)
+        return ScanSettings(self.poolings, self.max_seq_length, self.batch_size)
 
-    def spec(self, models: Sequence[str], layers: Sequence[Sequence[int]]) -> EmbedderSpec:
-        """The embedder of chosen ``layers`` of ``models`` under these settings."""
+    def spec(
+        self, models: Sequence[str], layers: Sequence[Sequence[int]], poolings: Sequence[PoolingMode] | None = None
+    ) -> EmbedderSpec:
+        """The embedder of chosen ``layers`` of ``models`` with ``poolings`` (one per model; default: the
+        first candidate pooling) under these settings."""
         return EmbedderSpec(
-            tuple(models), tuple(tuple(ls) for ls in layers), self.pooling, max_seq_length=self.max_seq_length
+            tuple(models),
+            tuple(tuple(ls) for ls in layers),
+            tuple(poolings) if poolings is not None else self.poolings[0],
+            max_seq_length=self.max_seq_length,
         )
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
-        """``--pooling``, ``--max-seq-length``, ``--batch-size``, ``--threshold``, ``--max-layers``."""
+        """``--pooling``, ``--max-seq-length``, ``--batch-size``, ``--standard-errors``, ``--max-layers``,
+        ``--seeds``."""
         parser.add_argument(
-            "--pooling", choices=POOLING_MODES, default=RunSettings.pooling,
-            help=f"token pooling (default: {RunSettings.pooling})",
+            "--pooling", action="append", dest="poolings", choices=POOLING_MODES,
+            help="candidate pooling, repeat for several; the first is the default another must beat "
+            f"(default: {' '.join(RunSettings.poolings)})",
         )  # fmt: skip
         add_max_seq_length_argument(parser)
         parser.add_argument(
             "--batch-size", type=int, default=RunSettings.batch_size, help=f"default: {RunSettings.batch_size}"
         )
         parser.add_argument(
-            "--threshold", type=float, default=RunSettings.threshold,
-            help=f"smallest CV accuracy gain that adds a layer or a model (default: {RunSettings.threshold})",
+            "--standard-errors", type=float, default=RunSettings.standard_errors,
+            help="noise rule: a layer, model or pooling must gain more than this many standard errors of the "
+            f"paired per-fold CV difference (default: {RunSettings.standard_errors:g})",
         )  # fmt: skip
         parser.add_argument(
             "--max-layers", type=int, default=RunSettings.max_layers,
             help=f"most layers fused per model (default: {RunSettings.max_layers})",
         )  # fmt: skip
+        parser.add_argument(
+            "--seeds", type=int, default=RunSettings.seeds,
+            help="repeat the search with this many CV fold seeds and report how often each layer is chosen "
+            f"(default: {RunSettings.seeds})",
+        )  # fmt: skip
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, probe: ProbeConfig | None = None) -> RunSettings:
         return cls(
-            pooling=args.pooling,
+            poolings=tuple(args.poolings or cls.poolings),
             max_seq_length=args.max_seq_length or cls.max_seq_length,
             batch_size=args.batch_size,
-            threshold=args.threshold,
+            standard_errors=args.standard_errors,
             max_layers=args.max_layers,
+            seeds=args.seeds,
             probe=probe if probe is not None else _default_probe(),
         )
 

@@ -80,6 +80,15 @@ def test_run_on_user_files_writes_report_plot_and_model(tiny_models, task_files,
     assert accuracy == pytest.approx(expected.accuracy, abs=1e-12)
     assert accuracy * len(test_data) == pytest.approx(round(accuracy * len(test_data)), abs=1e-9)  # k of 12 right
     assert f"| {label} |" in printed
+    # every tested configuration records the C its tuned probe chose, and its interval is printed
+    assert set(report["chosen_C"]) == set(report["test"]) and set(report["chosen_C"].values()) <= set(ProbeConfig().Cs)
+    low, high = (report["test"][label]["accuracy_interval"][key] for key in ("low", "high"))
+    assert low <= accuracy <= high and f"{accuracy:.4f} [{low:.3f}, {high:.3f}]" in printed
+    assert set(report["kept_simpler"]) == {tiny_models["llama"], tiny_models["bert"], "models"}
+    for model in (tiny_models["llama"], tiny_models["bert"]):
+        search = report["selections"][model]
+        assert f"{model}: pooling {search['pooling']}, layers {search['chosen']}" in printed
+        assert search["pooling"] in ("mean", "last") and search["score"]["probe"] == "tuned"
 
 
 def test_user_errors_print_one_line_and_exit_2_debug_shows_the_traceback(tiny_models, task_files, capsys) -> None:

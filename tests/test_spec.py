@@ -88,7 +88,8 @@ def test_cli_group_gives_the_spec_and_its_defaults() -> None:
     default = EmbedderSpec.from_args(parser.parse_args(["-m", "a", "-l", "-1"]))
     assert (default.pooling, default.fusion, default.max_seq_length) == (("mean",), "concat", 256)
     settings = RunSettings()
-    assert (settings.pooling, settings.max_seq_length) == ("mean", default.max_seq_length)
+    assert (settings.poolings, settings.max_seq_length) == (("mean", "last"), default.max_seq_length)
+    assert settings.scan.poolings == ("mean", "last") and settings.spec(["a"], [[1]]).pooling == ("mean",)
     assert ScanSettings().poolings == ("mean",) and settings.scan.max_seq_length == ScanSettings().max_seq_length
 
 
