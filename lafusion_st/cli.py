@@ -182,8 +182,9 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     """Evaluate a saved embedder (SentenceTransformer folder, or an ONNX export) on MTEB tasks."""
-    from lafusion_st.evaluation import evaluate_encoder
+    from lafusion_st.evaluation import evaluate_encoder, per_text_correctness
     from lafusion_st.mteb_tasks import get_tasks
+    from lafusion_st.stats import accuracy_interval
 
     if not Path(args.model).is_dir():
         raise MissingFileError(f"No such folder: {args.model}")
@@ -201,17 +202,28 @@ def cmd_eval(args: argparse.Namespace) -> None:
         for protocol in protocols
         for task in get_tasks(args.tasks, protocol=protocol, max_train=args.max_train, max_test=args.max_test)
     ]
+    name = args.name or (encoder.spec.name if encoder.spec is not None else f"lafusion/{Path(args.model).name}")
+    predictions = Path(args.results_folder) / "predictions" / name.replace("/", "__")
     result = evaluate_encoder(
         encoder,
         tasks,
         args.results_folder,
-        name=args.name or (encoder.spec.name if encoder.spec is not None else f"lafusion/{Path(args.model).name}"),
+        name=name,
         batch_size=args.batch_size,
         show_progress_bar=True,
+        prediction_folder=predictions,
     )
+    by_name = {task.metadata.name: task for task in tasks}
     for task_result in result.task_results:
-        print(f"{task_result.task_name:<28} main score {task_result.get_score():.4f}")
-    print(f"MTEB result JSON under {args.results_folder}")
+        task = by_name[task_result.task_name]
+        line = f"{task_result.task_name:<28} main score {task_result.get_score():.4f}"
+        if task.n_experiments == 1 and (predictions / task.prediction_file_name).is_file():
+            interval = accuracy_interval(per_text_correctness(task, predictions))
+            line += f" (accuracy 95% CI [{interval.low:.4f}, {interval.high:.4f}] over test texts)"
+        elif task.n_experiments > 1:
+            line += f" (mean of {task.n_experiments} experiments; sd in the result JSON)"
+        print(line)
+    print(f"MTEB result JSON under {args.results_folder}; per-text predictions under {predictions}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ Results land where MTEB's ``ResultCache`` puts them:
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -251,6 +252,7 @@ def evaluate_encoder(
     batch_size: int = 32,
     overwrite: bool = False,
     show_progress_bar: bool = False,
+    prediction_folder: str | Path | None = None,
 ) -> mteb.results.ModelResult:
     """Evaluate an encoder on tasks with ``mteb.evaluate`` and write MTEB result JSON.
 
@@ -270,6 +272,9 @@ def evaluate_encoder(
         batch_size: Encoding batch size.
         overwrite: Re-run tasks whose results already exist (default: MTEB reuses them).
         show_progress_bar: Show MTEB's and the encoder's progress bars.
+        prediction_folder: Where MTEB writes each task's per-text test predictions
+            (``<task name>_predictions.json``), for :func:`per_text_correctness` and intervals; one folder per
+            configuration, since the files are named by task only. Tasks taken from the result cache write none.
 
     Returns:
         MTEB's ``ModelResult`` (``result.task_results[i].get_score()`` is the main score).
@@ -295,7 +300,30 @@ def evaluate_encoder(
         show_progress_bar=show_progress_bar,
         raise_error=True,
         co2_tracker=False,
+        prediction_folder=Path(prediction_folder) if prediction_folder is not None else None,
     )
+
+
+def per_text_correctness(task: AbsTask, prediction_folder: str | Path, split: str = "test") -> np.ndarray:
+    """Per test text, whether the single experiment of ``task`` (the paper protocol) classified it right,
+    from the predictions :func:`evaluate_encoder` wrote to ``prediction_folder``.
+
+    Raises:
+        FileNotFoundError: No predictions of the task there (run with ``prediction_folder``, overwriting a
+            cached result).
+        ValueError: The task ran several experiments (MTEB's standard protocol reports their mean and
+            standard deviation instead of one interval).
+    """
+    path = Path(prediction_folder) / task.prediction_file_name
+    if not path.is_file():
+        raise FileNotFoundError(f"No predictions of {task.metadata.name} in {path}.")
+    experiments = json.loads(path.read_text(encoding="utf-8"))["default"][split]
+    if len(experiments) != 1:
+        raise ValueError(f"{task.metadata.name} ran {len(experiments)} experiments; intervals need one.")
+    if not task.data_loaded:
+        task.load_data()
+    labels = np.asarray(task.dataset[split][task.label_column_name])
+    return np.asarray(experiments[0]) == labels
 
 
 def _embedding_dimension(encoder: TextEncoder) -> int:

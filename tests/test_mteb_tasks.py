@@ -22,6 +22,7 @@ from lafusion_st.evaluation import (
     ResultsFolderError,
     evaluate_encoder,
     make_model_meta,
+    per_text_correctness,
 )
 from lafusion_st.mteb_tasks import (
     PAPER_PROBE,
@@ -153,7 +154,7 @@ def test_fused_model_writes_mteb_results_with_its_model_meta(tiny_models: dict[s
     tasks = get_tasks(["sst2"], max_train=40, max_test=20) + get_tasks(
         ["sst2"], protocol="paper", max_train=40, max_test=20
     )
-    result = evaluate_encoder(model, tasks, tmp_path, name=name, batch_size=8)
+    result = evaluate_encoder(model, tasks, tmp_path, name=name, batch_size=8, prediction_folder=tmp_path / "p")
     meta = json.loads(next(tmp_path.rglob("model_meta.json")).read_text())
     assert meta["name"] == "lafusion/tiny-llama__L2-4__mean__concat"
     assert meta["n_parameters"] == sum(p.numel() for p in model.parameters())
@@ -182,6 +183,11 @@ def test_fused_model_writes_mteb_results_with_its_model_meta(tiny_models: dict[s
     probe = clone(PAPER_PROBE).fit(model.encode([train["text"][i] for i in order]), np.take(train["label"], order))
     expected = probe.score(model.encode(list(test["text"])), list(test["label"]))
     assert TaskResult.from_disk(next(tmp_path.rglob(f"{paper.metadata.name}.json"))).get_score() == expected
+    # the per-text predictions MTEB wrote give the same accuracy, hence the interval of the reported score
+    correct = per_text_correctness(paper, tmp_path / "p")
+    assert correct.shape == (len(test),) and correct.mean() == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValueError, match="10 experiments"):
+        per_text_correctness(tasks[0], tmp_path / "p")
 
 
 def test_label_set_mismatch_is_a_clear_error_and_writes_nothing(tmp_path: Path) -> None:
