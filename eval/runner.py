@@ -224,12 +224,21 @@ def selected_layers(selection_folder: Path, dataset: str, model: str, choice: st
     return list(report["selections"][model]["chosen"])
 
 
+def selected_pooling(selection_folder: Path, dataset: str, model: str) -> str:
+    """The pooling the selection chose for ``model`` on ``dataset`` (``mean`` in reports of before the pooling
+    search; its ``best layer`` and ``greedy layers`` are of this pooling)."""
+    report = json.loads((selection_folder / dataset / "report.json").read_text())
+    return report["selections"][model].get("pooling", "mean")
+
+
 def _configuration(entry: dict, dataset: str, selection_folder: Path, common: dict) -> Configuration:
     if "sentence_transformer" in entry:
         return Configuration(dataset, entry["role"], entry["name"], sentence_transformer=entry["sentence_transformer"])
     layers = entry["layers"]
+    chosen_poolings = None
     if isinstance(layers, str):
         layers = [selected_layers(selection_folder, dataset, model, layers) for model in entry["models"]]
+        chosen_poolings = [selected_pooling(selection_folder, dataset, model) for model in entry["models"]]
     if isinstance(layers, dict):
         if dataset not in layers and "default" not in layers:
             raise ValueError(
@@ -241,6 +250,8 @@ def _configuration(entry: dict, dataset: str, selection_folder: Path, common: di
             f"Configuration {entry['role']!r}: give one layer list per model {entry['models']}, got {layers}."
         )
     settings = {**common, **{key: entry[key] for key in SPEC_KEYS if key in entry}}
+    if chosen_poolings is not None and "pooling" not in entry:  # the pooling the selection chose with the layers
+        settings["pooling"] = chosen_poolings
     if "weighted" in settings.values():
         raise ValueError("Weighted fusion needs trained weights; evaluate a saved model for it instead.")
     spec = EmbedderSpec(tuple(entry["models"]), tuple(tuple(ls) for ls in layers), **settings).resolved()

@@ -1,14 +1,24 @@
-"""Layer-aware selection on the four bundled datasets: the evidence table of eval/selection/SUMMARY.md.
+"""Layer-aware selection on the bundled datasets: the evidence tables of eval/selection/SUMMARY.md.
 
-Run:  .venv/bin/python eval/selection_runs.py [--datasets sst2 mr r8 r52] [--output eval/selection]
+Run:  .venv/bin/python eval/selection_runs.py [--datasets sst2 mr r8 r52] [--models ...] [--output eval/selection]
 
 For each dataset, one ``run_task`` (the code behind ``lafusion run``) with SmolLM2-135M, Gemma3-270M and
-MiniLM-L6: every layer of every model scanned once (cached), layers scored by 5-fold CV on the training
-subsample only, the best single layer and a greedy layer fusion chosen per model, a greedy choice of
-models, then the test split scores what was chosen. One more row, SmolLM2 + Gemma3 with their chosen
-layers, is scored from the same scans. Writes ``<output>/<dataset>/{report.json,layer_curves.png}``
-(the fused embedders under ``model/`` are not kept in git), a ``summary.json`` per dataset, and
-``<output>/SUMMARY.md`` from all datasets run so far.
+MiniLM-L6 by default: every layer of every model scanned once in every candidate pooling (cached), layers
+ranked by 5-fold CV on the training subsample only, a greedy layer fusion grown from the last layer under
+the noise rule, the pooling and the final choice made by the tuned probe, a greedy choice of models, then
+the test split scores what was chosen with the tuned probe (95% bootstrap intervals over test texts).
+Three more tables come from the same scans:
+
+* **comparisons**: McNemar tests of the choice against the last layer and against the best single layer,
+  of the two LLMs fused against the better one, and of the best LLM choice against MiniLM, Holm-adjusted
+  within each dataset's table;
+* **oracle gap**: per model, the automatic choice against the single layer (any searched pooling) with the
+  best *test* accuracy, a ceiling that is never used to choose anything;
+* **before/after**: the test accuracies the former probe (``C=1``, threshold 0.002) gave for the same
+  roles, read from ``<output>/<dataset>/summary_former_probe.json`` (the previous run's summary, kept).
+
+Writes ``<output>/<dataset>/{report.json,layer_curves.png,summary.json}`` (the fused embedders under
+``model/`` are not kept in git) and ``<output>/SUMMARY.md`` from all datasets run so far.
 
 Subsamples are stratified (seed 0) because a full scan of every dataset with two LLMs takes hours on a
 2-core CPU; sizes are printed in the summary.
@@ -22,29 +32,23 @@ import time
 from pathlib import Path
 
 from lafusion_st.data import LabeledTexts, load_bundled
-from lafusion_st.pipeline import ALL_MODELS, FUSED_LAYERS, LAST_LAYER, RunResult, run_task, score_fusion_on_test
+from lafusion_st.pipeline import (
+    BEST_LAYER,
+    FUSED_LAYERS,
+    LAST_LAYER,
+    RunResult,
+    run_task,
+    score_fusion_on_test,
+)
 from lafusion_st.spec import RunSettings
+from lafusion_st.stats import holm, mcnemar
 
 LLMS = ["smollm2-135m", "gemma3-270m"]
-MODELS = [*LLMS, "minilm-l6"]
+BASELINE = "minilm-l6"
+MODELS = [*LLMS, BASELINE]
 SIZES = {"sst2": (1000, 500), "mr": (1000, 500), "r8": (500, 300), "r52": (500, 300)}
 """(train, test) subsample per dataset: the short sentiment texts afford more than the long news texts."""
-
-
-def summary_rows(
-    task: str, result: RunResult, settings: RunSettings, train: LabeledTexts, test: LabeledTexts
-) -> list[str]:
-    """Markdown rows ``dataset | configuration | CV acc | test acc | test macro-F1`` plus the LLM pair."""
-    rows = [
-        f"| {task} | {row.label} | {100 * row.cv.accuracy_mean:.1f} | "
-        f"{100 * row.test.accuracy:.1f} | {100 * row.test.macro_f1:.1f} |"
-        for row in result.rows.values()
-    ]
-    pair_spec = settings.spec(LLMS, [result.layers(m) for m in LLMS])
-    pair = score_fusion_on_test(result.scans, pair_spec, train, test, settings.probe)
-    pair_name = f"{ALL_MODELS} " + " + ".join(f"{m} {result.layers(m)}" for m in LLMS)
-    rows.append(f"| {task} | {pair_name} | - | {100 * pair.accuracy:.1f} | {100 * pair.macro_f1:.1f} |")
-    return rows
+FORMER = "summary_former_probe.json"
 
 
 def task_splits(task: str) -> tuple[LabeledTexts, LabeledTexts]:
@@ -55,59 +59,187 @@ def task_splits(task: str) -> tuple[LabeledTexts, LabeledTexts]:
     )
 
 
-def auto_beats_last(task: str, result: RunResult) -> list[str]:
-    """Per model: does the automatically chosen fusion beat the last layer on test?"""
+def percent(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def interval(score) -> str:
+    return (
+        f"{percent(score.accuracy)} [{percent(score.accuracy_interval.low)}, {percent(score.accuracy_interval.high)}]"
+    )
+
+
+def configuration_rows(task: str, result: RunResult) -> list[str]:
+    """``dataset | configuration | pooling | CV acc | test acc [95% CI] | macro-F1 | C``."""
+    return [
+        f"| {task} | {row.label} | {'/'.join(dict.fromkeys(row.spec.pooling))} | {percent(row.cv.accuracy_mean)} | "
+        f"{interval(row.test)} | {percent(row.test.macro_f1)} | {row.test.C:g} |"
+        for row in result.rows.values()
+    ]
+
+
+def comparison_rows(task: str, result: RunResult, models: list[str], settings, train, test) -> list[str]:
+    """The paired comparisons the text makes, McNemar with Holm's adjustment over this dataset's table."""
+    pairs = []
+    for model in models:
+        fused, last, best = (result.rows[(model, role)] for role in (FUSED_LAYERS, LAST_LAYER, BEST_LAYER))
+        pairs += [
+            (f"{model}: choice vs last layer", fused, last),
+            (f"{model}: choice vs best single layer", fused, best),
+        ]
+    llms = [model for model in LLMS if model in models]
+    by_cv = lambda model: result.rows[(model, FUSED_LAYERS)].cv.accuracy_mean  # noqa: E731 (chosen on train)
+    if len(llms) == 2:
+        pair_spec = settings.spec(llms, [result.layers(m) for m in llms], [result.searches[m].pooling for m in llms])
+        pair = score_fusion_on_test(result.scans, pair_spec, train, test, settings.probe)
+        better = max(llms, key=by_cv)
+        pairs.append((f"two LLMs vs the better ({better})", _Scored(pair), result.rows[(better, FUSED_LAYERS)]))
+    if llms and BASELINE in models:
+        best_llm = max(llms, key=by_cv)
+        pairs.append(
+            (
+                f"{best_llm} choice vs MiniLM choice",
+                result.rows[(best_llm, FUSED_LAYERS)],
+                result.rows[(BASELINE, FUSED_LAYERS)],
+            )
+        )
+    pairs = [(name, a, b) for name, a, b in pairs if getattr(a, "spec", None) is None or a.spec != b.spec]
+    tests = [mcnemar(a.test.correct, b.test.correct) for _, a, b in pairs]
+    adjusted = holm([test.p_value for test in tests])
+    return [
+        f"| {task} | {name} | {percent(a.test.accuracy)} | {percent(b.test.accuracy)} | {100 * t.difference:+.1f} | "
+        f"{t.only_a}/{t.only_b} | {t.p_value:.3g} | {p:.3g} | {'yes' if p < 0.05 else 'no'} |"
+        for (name, a, b), t, p in zip(pairs, tests, adjusted, strict=True)
+    ]
+
+
+class _Scored:
+    """A test score standing in for a row (the LLM pair is scored outside ``run_task``)."""
+
+    def __init__(self, test) -> None:
+        self.test = test
+
+
+def oracle_rows(task: str, result: RunResult, models: list[str], settings, train, test) -> list[str]:
+    """Per model: the automatic choice, the last layer, and the best single layer on *test* (a ceiling)."""
     lines = []
-    for model in MODELS:
-        last_row, fused_row = result.rows[(model, LAST_LAYER)], result.rows[(model, FUSED_LAYERS)]
-        last, fused, chosen = last_row.test, fused_row.test, result.layers(model)
-        if chosen == list(last_row.spec.layers[0]):
-            verdict = "tie: CV chose the last layer"
-        else:
-            verdict = "yes" if fused.accuracy > last.accuracy else "no"
+    for model in models:
+        oracle_accuracy, oracle_name = -1.0, ""
+        for pooling in settings.poolings:
+            depth = result.scans.train[model][pooling].vectors.shape[0]
+            for layer in range(depth):
+                spec = settings.spec([model], [[layer]], [pooling])
+                accuracy = score_fusion_on_test(result.scans, spec, train, test, settings.probe).accuracy
+                if accuracy > oracle_accuracy:
+                    oracle_accuracy, oracle_name = accuracy, f"{pooling} [{layer}]"
+        auto, last = result.rows[(model, FUSED_LAYERS)], result.rows[(model, LAST_LAYER)]
+        choice = f"{result.searches[model].pooling} {result.layers(model)}"
         lines.append(
-            f"| {task} | {model} | {100 * last.accuracy:.1f} | {100 * fused.accuracy:.1f} | {chosen} | {verdict} |"
+            f"| {task} | {model} | {choice} | {percent(auto.test.accuracy)} | "
+            f"{percent(last.test.accuracy)} | {oracle_name} {percent(oracle_accuracy)} | "
+            f"{100 * (auto.test.accuracy - oracle_accuracy):+.1f} |"
         )
     return lines
 
 
+def before_after_rows(task: str, result: RunResult, output: Path) -> list[str]:
+    """The former probe's test accuracy per configuration role (from the kept former summary) and today's."""
+    path = output / task / FORMER
+    if not path.is_file():
+        return []
+    former = {}
+    for line in json.loads(path.read_text(encoding="utf-8"))["rows"]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        former[cells[1]] = cells[3]
+    lines = []
+    for (model, role), row in result.rows.items():
+        match = next((name for name in former if name.startswith(f"{model} {role} ")), None)
+        if match is not None:
+            lines.append(
+                f"| {task} | {model} {role} | {match[len(model) + len(role) + 2 :]} {former[match]} | "
+                f"{'/'.join(dict.fromkeys(row.spec.pooling))} {list(row.spec.layers[0])} {percent(row.test.accuracy)} |"
+            )
+    return lines
+
+
+def header(*columns: str) -> list[str]:
+    """A Markdown table's header and rule."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def write_summary(output: Path, settings: RunSettings) -> str:
     """``SUMMARY.md`` from every dataset's ``summary.json`` under ``output`` (datasets may be run separately)."""
-    table = ["| dataset | configuration | CV acc. (train) | test acc. | test macro-F1 |", "|---|---|---|---|---|"]
-    verdicts = [
-        "| dataset | model | last layer | auto fusion | chosen layers | auto > last |",
-        "|---|---|---|---|---|---|",
-    ]
-    sizes, seconds = [], []
+    tables = {
+        "rows": header(
+            "dataset", "configuration", "pooling", "CV acc. (train, tuned probe)", "test acc. [95% CI]",
+            "test macro-F1", "C",
+        ),
+        "comparisons": header(
+            "dataset", "comparison", "a", "b", "a - b (points)", "texts only a / only b right", "McNemar p",
+            "Holm p", "significant (Holm p < 0.05)",
+        ),
+        "oracle": header(
+            "dataset", "model", "automatic choice", "its test acc.", "last layer",
+            "oracle single layer (chosen on test)", "gap to oracle (points)",
+        ),
+        "before_after": header(
+            "dataset", "configuration", "former probe (C=1): layers, test acc.",
+            "tuned probe: pooling, layers, test acc.",
+        ),
+    }  # fmt: skip
+    sizes, seconds, kept, models, done = [], [], [], set(), []
     for task in SIZES:
         path = output / task / "summary.json"
-        if path.is_file():
-            part = json.loads(path.read_text(encoding="utf-8"))
-            table += part["rows"]
-            verdicts += part["verdicts"]
+        part = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        if "comparisons" in part:  # summaries of the former probe have none: listed as not regenerated
+            for key in tables:
+                tables[key] += part[key]
             sizes.append(f"{task} {part['size']}")
             seconds.append(f"{task} {part['seconds']:.0f} s")
+            kept.append(f"{task} {part['kept_simpler']}")
+            done.append(task)
+            models.update(part["models"])
+    not_regenerated = [task for task in SIZES if task not in done]
     text = "\n".join(
         [
             "<!-- generated by eval/selection_runs.py; do not edit by hand -->",
-            "Command: `python eval/selection_runs.py` (or `--datasets NAME` for one). Stratified subsamples (seed 0), "
-            f"train/test: {', '.join(sizes)}. Pooling {settings.pooling}, "
-            f"max_seq_length {settings.max_seq_length}, greedy "
-            f"threshold {settings.threshold}, at most {settings.max_layers} "
-            "layers. CV = 5-fold logistic-regression probe on the "
-            "training subsample (what chose every configuration); test "
-            "= probe fit on the whole training subsample, scored once "
-            "on the test subsample. Models: the 4-bit-derived GGUF "
-            "SmolLM2-135M and Gemma3-270M, and fp32 all-MiniLM-L6-v2. "
-            f"Wall time per dataset on a 2-core CPU (scan + probes): {', '.join(seconds)}.",
+            f"Command: `python eval/selection_runs.py --datasets {' '.join(done)} "
+            f"--models {' '.join(sorted(models))}`. Stratified subsamples (seed 0), train/test: {', '.join(sizes)}. "
+            f"Candidate poolings {', '.join(settings.poolings)} (the first is the default), max_seq_length "
+            f"{settings.max_seq_length}, at most {settings.max_layers} layers, noise rule: a more complex choice "
+            f"must gain more than {settings.standard_errors:g} standard error(s) of its paired per-fold CV gain "
+            f"(times it kept the simpler choice: {', '.join(kept)}). CV = 5-fold CV on the training subsample "
+            "(ranking probe for the layer search; the tuned probe, standardised logistic regression with C chosen "
+            "by an inner 3-fold CV, for the pooling, the final choice and every CV number below); test = the tuned "
+            "probe fit on the whole training subsample, scored once on the test subsample, with a 95% bootstrap "
+            "interval over test texts. Models: the 4-bit-derived GGUF SmolLM2-135M and Gemma3-270M (small "
+            "4-bit-derived models, not the papers' 7B LLMs), and fp32 all-MiniLM-L6-v2. "
+            f"Wall time per dataset on a busy 2-core CPU (scan + probes + oracle): {', '.join(seconds)}.",
             "",
-            "## Does the automatic choice beat the last layer? (test accuracy, %)",
+            f"Not regenerated with the tuned probe (their former tables are in git history): "
+            f"{', '.join(not_regenerated) or 'none'}.",
             "",
-            *verdicts,
+            "## Is the automatic choice better than the last layer, the best single layer, MiniLM? (test accuracy, %)",
+            "",
+            'Paired McNemar tests on the same test texts, Holm-adjusted within each dataset; "better" only where '
+            "the adjusted p is below 0.05.",
+            "",
+            *tables["comparisons"],
+            "",
+            "## How far is the automatic choice from the best layer on test? (%)",
+            "",
+            "The oracle is the single layer (of any searched pooling) with the best test accuracy: a ceiling, never "
+            "used to choose. Goal: within 1 point of it, and never significantly below the last layer.",
+            "",
+            *tables["oracle"],
+            "",
+            "## Former probe (C = 1, threshold 0.002, mean pooling) and tuned probe, same subsamples (test acc., %)",
+            "",
+            *tables["before_after"],
             "",
             "## All configurations (%)",
             "",
-            *table,
+            *tables["rows"],
             "",
         ]
     )
@@ -118,6 +250,7 @@ def write_summary(output: Path, settings: RunSettings) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--models", nargs="+", default=MODELS, help=f"default: {' '.join(MODELS)}")
     parser.add_argument("--output", default="eval/selection")
     args = parser.parse_args()
     settings = RunSettings()
@@ -125,15 +258,19 @@ def main() -> None:
     for task in args.datasets:
         train, test = task_splits(task)
         start = time.perf_counter()
-        result = run_task(task, train, test, MODELS, output / task, settings)
+        result = run_task(task, train, test, args.models, output / task, settings)
         summary = {
             "size": f"{len(train)}/{len(test)}",
-            "seconds": time.perf_counter() - start,
-            "rows": summary_rows(task, result, settings, train, test),
-            "verdicts": auto_beats_last(task, result),
+            "models": args.models,
+            "rows": configuration_rows(task, result),
+            "comparisons": comparison_rows(task, result, args.models, settings, train, test),
+            "oracle": oracle_rows(task, result, args.models, settings, train, test),
+            "before_after": before_after_rows(task, result, output),
+            "kept_simpler": sum(len(search.kept_simpler) for search in result.searches.values()),
         }
+        summary["seconds"] = time.perf_counter() - start
         (output / task / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        print(f"{task}: {summary['seconds']:.0f} s")
+        print(f"{task}: {summary['seconds']:.0f} s", flush=True)
     print(write_summary(output, settings))
 
 
