@@ -174,3 +174,16 @@ def test_help_answers_without_importing_torch_or_mteb() -> None:
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert completed.stdout.strip() == "[]"
+
+
+def test_select_with_seeds_reports_how_often_each_layer_is_chosen(tiny_models, task_files, tmp_path, capsys) -> None:
+    train, _ = task_files
+    out = tmp_path / "select"
+    arguments = ["--train", str(train), "--test", str(train), "-m", tiny_models["llama"], "--pooling", "mean"]
+    assert main(["select", *arguments, "--seeds", "2", "-o", str(out)]) in (None, 0)
+    printed = capsys.readouterr().out
+    stability = json.loads((out / "report.json").read_text())["stability"][tiny_models["llama"]]
+    assert stability["seeds"] == [0, 1] and sum(stability["pooling_counts"].values()) == 2
+    assert all(1 <= count <= 2 for count in stability["layer_counts"].values())
+    counts = ", ".join(f"{layer}: {count}/2" for layer, count in stability["layer_counts"].items())
+    assert f"layers chosen across fold seeds [0, 1]: {counts}" in printed
