@@ -152,7 +152,8 @@ def test_eval_scores_a_saved_embedder_and_its_onnx_export_alike(tiny_models, tmp
         arguments += ["--max-test", "20", "--results-folder", str(results)]
         assert main(arguments + (["--name", name] if folder == exported else [])) == 0
         line = next(line for line in capsys.readouterr().out.splitlines() if "main score" in line)
-        scores[name] = float(line.split()[-1])
+        scores[name] = float(line.split("main score ")[1].split()[0])
+        assert "(accuracy 95% CI [" in line  # the paper protocol's interval, from MTEB's per-text predictions
         (result_file,) = (results / "results" / name.replace("/", "__")).rglob("SST2*.json")
         assert scores[name] == round(TaskResult.from_disk(result_file).get_score(), 4)
     metas = {
