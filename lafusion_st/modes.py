@@ -17,3 +17,7 @@ FUSION_MODES: tuple[FusionMode, ...] = ("concat", "mean", "sum", "weighted")
 Protocol = Literal["standard", "paper"]
 PROTOCOLS: tuple[Protocol, ...] = ("standard", "paper")
 """``standard``: MTEB's classification protocol; ``paper``: the probe trained on the whole training split."""
+
+Engine = Literal["local", "ray"]
+ENGINES: tuple[Engine, ...] = ("local", "ray")
+"""``local``: this process; ``ray``: a Ray Data actor pool (``pip install lafusion[ray]``), same vectors."""

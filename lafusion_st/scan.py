@@ -17,7 +17,8 @@ Caching (keys, files, locks, checksums) lives in :mod:`lafusion_st.scan_cache`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from transformers import AutoConfig
 
 from lafusion_st.fusion import fuse
 from lafusion_st.layers import resolve_layers
+from lafusion_st.modes import ENGINES, Engine
 from lafusion_st.modules import TruncatedTransformer
 from lafusion_st.pooling import PoolingMode, check_pooling_mode, pool
 from lafusion_st.registry import resolve_model
@@ -271,26 +273,38 @@ class LayerScanner:
             logger.info(
                 "Resuming the scan of %s: %d of %d chunks are cached.", self.model, len(chunks) - len(todo), len(chunks)
             )
-        plan = [(chunk, self._chunk_batches(texts, *chunk)) for chunk in todo]
-        progress = tqdm(
-            total=sum(len(batches) for _, batches in plan),
-            desc=f"scan {self.model}",
-            unit="batch",
-            disable=not self.show_progress_bar,
-        )
+        jobs = [(chunk, positions) for chunk in todo for positions in self._chunk_batches(texts, *chunk)]
+        remaining = Counter(chunk for chunk, _ in jobs)
+        poolings = [pooling for pooling in self.poolings if pooling in missing]
+        buffers: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+        progress = tqdm(total=len(jobs), desc=f"scan {self.model}", unit="batch", disable=not self.show_progress_bar)
         with progress:
-            for (start, end), batches in plan:
-                buffers = {
-                    pooling: np.empty(self._chunk_shape(start, end), dtype=np.float32)
-                    for pooling in needs[(start, end)]
-                }
-                for positions in batches:
-                    pooled = self.embed_batch([texts[index] for index in positions], list(buffers))
-                    for pooling, buffer in buffers.items():
-                        buffer[:, positions - start] = pooled[pooling]
-                    progress.update(1)
-                for pooling, buffer in buffers.items():
-                    missing[pooling].write_chunk(start, end, buffer)
+            # Batches may come back in any order (see RayLayerScanner): a chunk is written once all of its
+            # batches are in, so an interrupted scan never leaves a partly filled chunk file.
+            for job, pooled in self._embed_jobs(texts, [positions for _, positions in jobs], poolings):
+                (start, end), positions = jobs[job]
+                chunk_buffers = buffers.setdefault(
+                    (start, end),
+                    {pooling: np.empty(self._chunk_shape(start, end), np.float32) for pooling in needs[(start, end)]},
+                )
+                for pooling, buffer in chunk_buffers.items():
+                    buffer[:, positions - start] = pooled[pooling]
+                progress.update(1)
+                remaining[(start, end)] -= 1
+                if remaining[(start, end)] == 0:
+                    for pooling, buffer in buffers.pop((start, end)).items():
+                        missing[pooling].write_chunk(start, end, buffer)
+
+    def _embed_jobs(
+        self, texts: list[str], batches: list[np.ndarray], poolings: list[str]
+    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """``(batch index, pooling -> [L + 1, len(batch), H])`` for every batch of text positions, in any order.
+
+        This process computes them one after the other; :class:`~lafusion_st.distributed.RayLayerScanner`
+        overrides this to spread them over a Ray actor pool.
+        """
+        for index, positions in enumerate(batches):
+            yield index, self.embed_batch([texts[position] for position in positions], poolings)
 
     def embed_batch(self, texts: Sequence[str], poolings: Sequence[PoolingMode] | None = None) -> dict[str, np.ndarray]:
         """One forward pass over one batch, every layer pooled: ``pooling -> [L + 1, len(texts), H]`` float32.
@@ -320,10 +334,31 @@ def scan(
     """Pooled vectors of every layer of ``model`` for ``texts``: ``pooling -> LayerVectors``.
 
     One forward pass per batch serves every layer and every pooling; results are cached (see the module
-    docstring). ``scanner_kwargs`` are those of :class:`LayerScanner` (``max_seq_length``, ``batch_size``,
-    ``cache_dir``, ``device``, ...).
+    docstring). ``scanner_kwargs`` are those of :func:`make_scanner` (``engine``, ``max_seq_length``,
+    ``batch_size``, ``cache_dir``, ``device``, ...).
     """
-    return LayerScanner(model, poolings, **scanner_kwargs).scan(texts)
+    return make_scanner(model, poolings, **scanner_kwargs).scan(texts)
+
+
+def make_scanner(
+    model: str,
+    poolings: Sequence[PoolingMode] = ("mean",),
+    *,
+    engine: Engine = "local",
+    ray_options: Any = None,
+    **scanner_kwargs: Any,
+) -> LayerScanner:
+    """A scanner running here (``engine="local"``) or on a Ray actor pool (``"ray"``, with a
+    :class:`~lafusion_st.distributed.RayOptions`); both fill the same cache with the same vectors."""
+    if engine not in ENGINES:
+        raise ValueError(f"Unknown engine {engine!r}; choose one of {list(ENGINES)}.")
+    if engine == "ray":
+        from lafusion_st.distributed import RayLayerScanner
+
+        return RayLayerScanner(model, poolings, ray_options=ray_options, **scanner_kwargs)
+    if ray_options is not None:
+        raise ValueError("ray_options only apply to engine='ray'.")
+    return LayerScanner(model, poolings, **scanner_kwargs)
 
 
 def scan_task(
@@ -343,7 +378,8 @@ def scan_task(
         train_texts: Training texts.
         test_texts: Test texts, or ``None``.
         poolings: Pooling modes, all from the same forward pass.
-        **scanner_kwargs: Passed to :class:`LayerScanner`.
+        **scanner_kwargs: Passed to :func:`make_scanner` (``engine``, ``ray_options`` and those of
+            :class:`LayerScanner`).
     """
     names = [models] if isinstance(models, str) else list(models)
     if not names:
@@ -352,7 +388,7 @@ def scan_task(
         raise ValueError(f"Models are named more than once: {names}.")
     result = TaskScan(test={} if test_texts is not None else None)
     for name in names:
-        scanner = LayerScanner(name, poolings, **scanner_kwargs)
+        scanner = make_scanner(name, poolings, **scanner_kwargs)
         result.train[name] = scanner.scan(train_texts)
         if test_texts is not None:
             result.test[name] = scanner.scan(test_texts)
