@@ -255,6 +255,7 @@ class RayLayerScanner(LayerScanner):
             "batch_size": self.batch_size,
             "device": scanner_kwargs.get("device"),
             "model_cache_dir": scanner_kwargs.get("model_cache_dir"),
+            "dtype": self.dtype,
         }
 
     def _embed_jobs(

@@ -21,3 +21,7 @@ PROTOCOLS: tuple[Protocol, ...] = ("standard", "paper")
 Engine = Literal["local", "ray"]
 ENGINES: tuple[Engine, ...] = ("local", "ray")
 """``local``: this process; ``ray``: a Ray Data actor pool (``pip install lafusion[ray]``), same vectors."""
+
+Dtype = Literal["fp32", "bf16", "fp16"]
+DTYPES: tuple[Dtype, ...] = ("fp32", "bf16", "fp16")
+"""Compute precision of the backbone's forward pass; weights stay float32 in memory and on disk."""

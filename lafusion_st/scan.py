@@ -31,9 +31,10 @@ from transformers import AutoConfig
 
 from lafusion_st.fusion import fuse
 from lafusion_st.layers import resolve_layers
-from lafusion_st.modes import ENGINES, Engine
+from lafusion_st.modes import ENGINES, Dtype, Engine
 from lafusion_st.modules import TruncatedTransformer
 from lafusion_st.pooling import PoolingMode, check_pooling_mode, pool
+from lafusion_st.precision import check_dtype, check_dtype_on_device
 from lafusion_st.registry import resolve_model
 from lafusion_st.scan_cache import (
     ScanCacheEntry,
@@ -145,6 +146,8 @@ class LayerScanner:
         device: Torch device for the forward pass; default CUDA when available, else CPU.
         chunk_size: Texts per resumable chunk file.
         show_progress_bar: Show a tqdm bar over the batches that need a forward pass.
+        dtype: Compute precision of the forward pass (``fp32``, ``bf16``, ``fp16``; see
+            :mod:`lafusion_st.precision`). Part of the cache key, so precisions never share an entry.
     """
 
     def __init__(
@@ -159,6 +162,7 @@ class LayerScanner:
         device: str | torch.device | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         show_progress_bar: bool = True,
+        dtype: Dtype = "fp32",
     ) -> None:
         if isinstance(poolings, str):
             poolings = [poolings]
@@ -176,6 +180,8 @@ class LayerScanner:
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_scan_cache_dir()
         self.device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
         self.show_progress_bar = show_progress_bar
+        self.dtype = check_dtype(dtype)
+        check_dtype_on_device(self.dtype, self.device)
         self.fingerprint = model_fingerprint(self.model_path)
         config = AutoConfig.from_pretrained(self.model_path)
         text_config = getattr(config, "text_config", None) or config
@@ -187,7 +193,7 @@ class LayerScanner:
     def module(self) -> TruncatedTransformer:
         """The untruncated backbone, loaded on first use (a full cache hit never loads it)."""
         if self._module is None:
-            module = TruncatedTransformer(self.model_path, max_seq_length=self.max_seq_length)
+            module = TruncatedTransformer(self.model_path, max_seq_length=self.max_seq_length, dtype=self.dtype)
             self._module = module.to(self.device).eval()
         return self._module
 
@@ -199,6 +205,7 @@ class LayerScanner:
             max_seq_length=self.max_seq_length,
             texts_sha256=texts_sha256(texts),
             shape=(self.source_num_layers + 1, len(texts), self.hidden_size),
+            dtype=self.dtype,
         )
         return ScanCacheEntry(self.cache_dir, Path(self.model_path).name, key)
 

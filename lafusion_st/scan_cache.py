@@ -74,6 +74,8 @@ class ScanKey:
         texts_sha256: :func:`texts_sha256` of the text list.
         shape: ``[L + 1, N, H]`` of the stored tensor.
         vector_rules: :data:`VECTOR_RULES` of the code that computed the vectors.
+        dtype: Compute precision of the forward pass; left out of the fields (and so of the digest) at its
+            default ``fp32``, so entries written before precision was a setting keep their keys.
     """
 
     model_fingerprint: str
@@ -82,11 +84,14 @@ class ScanKey:
     texts_sha256: str
     shape: tuple[int, int, int]
     vector_rules: int = field(default_factory=lambda: VECTOR_RULES)  # read when a key is made
+    dtype: str = "fp32"
 
     def fields(self) -> dict[str, Any]:
         """The key as JSON-ready fields, as stored in (and compared against) the sidecar."""
         fields = asdict(self)
         fields["shape"] = list(self.shape)
+        if self.dtype == "fp32":
+            del fields["dtype"]
         return fields
 
     @property

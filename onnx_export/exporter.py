@@ -30,6 +30,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 from lafusion_st.files import file_sha256
 from lafusion_st.model import FusedSentenceTransformer
 from lafusion_st.modules import LayerSelect, MultiModelFuse, TruncatedTransformer
+from lafusion_st.modules.truncated_transformer import float32_forward
 from lafusion_st.spec import read_spec_file
 from onnx_export import manifest as manifest_io
 from onnx_export.encoder import ORTFusedEncoder
@@ -107,6 +108,25 @@ def export(
             "allow_unknown_architecture=True needs validate=True: parity is the only check of such a trace."
         )
     model = _load(model_or_path)
+    with float32_forward(model):  # ONNX export always starts from float32, whatever the embedder's dtype
+        spec = _spec(model_or_path, model)
+        return _export_loaded(
+            model, spec, out_dir, dtypes, optimize, opset, validate, atol, rtol, allow_unknown_architecture
+        )
+
+
+def _export_loaded(
+    model: SentenceTransformer,
+    spec: dict[str, Any] | None,
+    out_dir: str | Path,
+    dtypes: list[str],
+    optimize: bool,
+    opset: int | None,
+    validate: bool,
+    atol: float,
+    rtol: float,
+    allow_unknown_architecture: bool,
+) -> Path:
     members, model_fusion = _split_members(model)
     for _, member in members:
         _check_architecture(member[0], allow_unknown_architecture)
@@ -131,7 +151,7 @@ def export(
         "members": member_specs,
         "variants": {dtype: {"optimized": optimize} for dtype in dtypes},
         "versions": _versions(),
-        "spec": _spec(model_or_path, model),
+        "spec": spec,
     }
     manifest_io.write_manifest(out_dir, manifest)
     if validate:
