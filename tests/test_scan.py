@@ -123,7 +123,7 @@ def test_interrupted_scan_resumes_from_finished_chunks(tiny_models: dict[str, st
             show_progress_bar=False,
         )
     partial = next((tmp_path / "cache").glob("*.partial"))
-    assert len(list(partial.glob("chunk_*.safetensors"))) == 2
+    assert len(list(partial.glob("sorted_*.safetensors"))) == 2
 
     forward_calls.clear()
     forward_calls.fail_after = None
@@ -174,7 +174,7 @@ def test_corrupt_chunk_is_recomputed(tiny_models: dict[str, str], tmp_path, forw
     forward_calls.fail_after = 2
     with pytest.raises(KeyboardInterrupt):
         scan(tiny_models["llama"], TEXTS, cache_dir=tmp_path, batch_size=2, chunk_size=4, show_progress_bar=False)
-    chunk = next(tmp_path.glob("*.partial/chunk_*.safetensors"))
+    chunk = next(tmp_path.glob("*.partial/sorted_*.safetensors"))
     chunk.write_bytes(b"garbage")
     forward_calls.clear()
     forward_calls.fail_after = None
@@ -313,3 +313,14 @@ def test_two_processes_scanning_the_same_texts_both_finish(tiny_models: dict[str
     assert [process.returncode for process in processes] == [0, 0], errors
     np.testing.assert_array_equal(np.load(outputs[0]), np.load(outputs[1]))
     assert not list((tmp_path / "cache").glob("*.partial")) and not list((tmp_path / "cache").glob("*.tmp"))
+
+
+def test_batches_sort_the_whole_input_by_token_count(tiny_models: dict[str, str], tmp_path) -> None:
+    texts = [*TEXTS, *reversed(TEXTS)]  # 18 texts: 5 chunks of 4, the long ones spread over all of them
+    scanner = _scanner(tiny_models["llama"], tmp_path, batch_size=3, chunk_size=4)
+    lengths = np.array([len(ids) for ids in scanner.module.tokenizer(texts)["input_ids"]])
+    batches = scanner.batches(texts)
+    order = np.concatenate(batches)
+    assert sorted(order.tolist()) == list(range(len(texts)))
+    assert (np.diff(lengths[order]) <= 0).all()  # longest first across chunk boundaries
+    assert [len(batch) for batch in batches] == [3, 1, 3, 1, 3, 1, 3, 1, 2]  # batches never straddle chunks
