@@ -19,57 +19,18 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from lafusion_st.pooling import PoolingMode
+from lafusion_st.ray_options import INSTALL_HINT, RayOptions
 from lafusion_st.scan import LayerScanner
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install lafusion[ray]"
 CONNECT_TIMEOUT_S = 5.0
 """How long an explicit ``--address`` may stay silent before the run stops (ray.init alone retries for minutes)."""
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    """Where and how wide a Ray run goes.
-
-    Args:
-        address: A running cluster (``host:port`` of its head, ``ray://host:port`` for Ray Client, or
-            ``auto``); ``None`` starts a local cluster on this machine.
-        num_actors: Actors in the pool, each holding one copy of the model.
-        cpus_per_actor: CPUs reserved per actor (torch then uses as many threads). Leave CPUs free for Ray
-            Data's own tasks: a pool that takes every CPU starves them and the run hangs.
-        gpus_per_actor: GPUs per actor; fractions let several small models share one GPU (``0.5`` = two
-            actors a GPU).
-    """
-
-    address: str | None = None
-    num_actors: int = 1
-    cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 0.0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.num_actors, bool) or not isinstance(self.num_actors, int) or self.num_actors < 1:
-            raise ValueError(f"num_actors must be a positive integer, got {self.num_actors!r}.")
-        if not self.cpus_per_actor > 0:
-            raise ValueError(f"cpus_per_actor must be positive, got {self.cpus_per_actor!r}.")
-        if not self.gpus_per_actor >= 0:
-            raise ValueError(f"gpus_per_actor must be 0 or more (fractions allowed), got {self.gpus_per_actor!r}.")
-
-    def map_batches_kwargs(self) -> dict[str, Any]:
-        """The actor-pool arguments of ``Dataset.map_batches``."""
-        from ray.data import ActorPoolStrategy
-
-        return {
-            "compute": ActorPoolStrategy(size=self.num_actors),
-            "num_cpus": self.cpus_per_actor,
-            "num_gpus": self.gpus_per_actor,
-        }
 
 
 def require_ray() -> Any:
