@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--data", action="append", type=parse_data, help="dataset:train:test subsample sizes")
     parser.add_argument("--timing-batches", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-seq-length", type=int, default=256)
     args = parser.parse_args()
     data = args.data or [("sst2", 1000, 500), ("r8", 400, 200)]
     settings = RunSettings()
@@ -102,14 +103,22 @@ def main() -> None:
         precision.native_bf16 = lambda device_type: True
     scanners = {
         dtype: LayerScanner(
-            args.model, settings.pooling, batch_size=args.batch_size, dtype=dtype, show_progress_bar=False
+            args.model,
+            settings.pooling,
+            batch_size=args.batch_size,
+            max_seq_length=args.max_seq_length,
+            dtype=dtype,
+            show_progress_bar=False,
         )
         for dtype in DTYPES
     }
     for name, num_train, num_test in data:
         train = load_bundled(name, "train").subsample(num_train, seed=0)
         test = load_bundled(name, "test").subsample(num_test, seed=0)
-        print(f"\n{name}: {len(train)} train / {len(test)} test texts, {args.model} (4-bit-derived weights)")
+        print(
+            f"\n{name}: {len(train)} train / {len(test)} test texts, {args.model} (4-bit-derived weights), "
+            f"max_seq_length {args.max_seq_length}"
+        )
         rates = sentences_per_second(scanners, train.texts, args.timing_batches)
         print(
             f"  sentences/s (forward + pooling, {args.timing_batches} batches of {args.batch_size}): "

@@ -129,10 +129,10 @@ def embed_shards_ray(
         shard_rows: Rows per output shard (an actor's batch never mixes shards).
         options: Cluster address and actor pool.
     """
-    ray = connect(options.address)
-    _configure_data_context(show_progress_bar)
     if not shards:
         return
+    ray = connect(options.address)
+    _configure_data_context(show_progress_bar)
     # One block per shard: a map batch then holds one shard, the unit the single-process engine encodes.
     dataset = ray.data.from_arrow([table.slice(start, end - start).select(["row", "text"]) for start, end in shards])
     embedded = dataset.map_batches(

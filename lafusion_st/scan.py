@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoTokenizer
 
 from lafusion_st.fusion import fuse
 from lafusion_st.layers import resolve_layers
@@ -188,6 +188,7 @@ class LayerScanner:
         self.source_num_layers = int(text_config.num_hidden_layers)
         self.hidden_size = int(text_config.hidden_size)
         self._module: TruncatedTransformer | None = None
+        self._tokenizer: Any = None
 
     @property
     def module(self) -> TruncatedTransformer:
@@ -196,6 +197,16 @@ class LayerScanner:
             module = TruncatedTransformer(self.model_path, max_seq_length=self.max_seq_length, dtype=self.dtype)
             self._module = module.to(self.device).eval()
         return self._module
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer; loaded alone when the model is not, so that planning a scan whose forward
+        passes run elsewhere (:class:`~lafusion_st.distributed.RayLayerScanner`) never loads the model here."""
+        if self._module is not None:
+            return self._module.tokenizer
+        if self._tokenizer is None:
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        return self._tokenizer
 
     def cache_entry(self, texts: Sequence[str], pooling: PoolingMode) -> ScanCacheEntry:
         """The cache entry that holds (or will hold) ``pooling`` vectors of ``texts``."""
@@ -264,7 +275,7 @@ class LayerScanner:
         longest batch also comes first, so a batch too large for memory fails at once. Chunks are joined
         back into input order by :meth:`ScanCacheEntry.finalize`.
         """
-        encoded = self.module.tokenizer(list(texts), truncation=True, max_length=self.max_seq_length)["input_ids"]
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_seq_length)["input_ids"]
         order = np.argsort([-len(ids) for ids in encoded], kind="stable")
         return [order[start : start + self.chunk_size] for start in range(0, len(order), self.chunk_size)]
 

@@ -118,6 +118,7 @@ def test_ray_scan_equals_local_scan_and_shares_its_cache(tiny_models, ray_option
     common = {"cache_dir": tmp_path / "ray", "batch_size": 3, "chunk_size": 4, "show_progress_bar": False}
     scanner = make_scanner(tiny_models["llama"], ("mean", "last"), engine="ray", ray_options=ray_options, **common)
     from_ray = scanner.scan(TEXTS)
+    assert scanner._module is None  # the driver plans with the tokenizer alone; only the actor loads the model
     local = LayerScanner(tiny_models["llama"], ("mean", "last"), **{**common, "cache_dir": tmp_path / "local"})
     from_local = local.scan(TEXTS)
     for pooling in ("mean", "last"):
