@@ -26,13 +26,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lafusion_st.modes import ENGINES, Engine
+from lafusion_st.modes import DEFAULT_SHARD_ROWS, ENGINES, Engine
 from lafusion_st.text_files import read_text_table
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SHARD_ROWS = 4096
-"""Texts per output shard: the resume unit (a dead run loses at most one shard per worker)."""
 MANIFEST = "_lafusion_manifest.json"
 """Underscore first: Parquet readers (pyarrow, Spark, Ray Data) skip such files when reading the folder."""
 

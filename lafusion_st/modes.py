@@ -21,6 +21,9 @@ PROTOCOLS: tuple[Protocol, ...] = ("standard", "paper")
 Engine = Literal["local", "ray"]
 ENGINES: tuple[Engine, ...] = ("local", "ray")
 """``local``: this process; ``ray``: a Ray Data actor pool (``pip install lafusion[ray]``), same vectors."""
+DEFAULT_SHARD_ROWS = 4096
+"""Texts per output shard of ``lafusion embed --input ... --output ...``: the resume unit (a dead run loses at most
+one shard per worker)."""
 
 Dtype = Literal["fp32", "bf16", "fp16"]
 DTYPES: tuple[Dtype, ...] = ("fp32", "bf16", "fp16")

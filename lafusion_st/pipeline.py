@@ -116,6 +116,7 @@ def run_task(
         poolings=scan.poolings,
         max_seq_length=scan.max_seq_length,
         batch_size=scan.batch_size,
+        dtype=scan.dtype,
     )
     train_vectors = {model: scans.train[model][settings.pooling] for model in models}
 
