@@ -165,3 +165,63 @@ def test_help_answers_without_importing_torch_or_mteb() -> None:
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert completed.stdout.strip() == "[]"
+
+
+def test_embed_a_file_into_resumable_shards_and_npy(tiny_models, tmp_path, capsys) -> None:
+    texts = [*POSITIVE, *NEGATIVE]
+    source = tmp_path / "texts.jsonl"
+    source.write_text("".join(json.dumps({"key": f"k{i}", "body": text}) + "\n" for i, text in enumerate(texts)))
+    model = ["-m", tiny_models["llama"], "-l", "2,4", "--batch-size", "4", "--shard-rows", "5"]
+    common = ["embed", "--input", str(source), "--text-col", "body", *model]
+    assert main([*common, "--id-col", "key", "--output", str(tmp_path / "shards")]) == 0
+    assert main([*common, "--output", str(tmp_path / "all.npy")]) == 0
+    vectors = np.load(tmp_path / "all.npy", allow_pickle=False)
+    spec = EmbedderSpec(tiny_models["llama"], [2, 4])
+    encoded = spec.build().encode(texts, batch_size=4)
+    np.testing.assert_allclose(vectors, encoded, atol=1e-5, rtol=1e-4)
+    shards = sorted((tmp_path / "shards").glob("part-*.parquet"))
+    assert [path.name[5:-8] for path in shards] == [
+        "000000000000-000000000005",
+        "000000000005-000000000010",
+        "000000000010-000000000012",
+    ]
+    (shards[1]).unlink()
+    before = {path: path.stat().st_mtime_ns for path in (shards[0], shards[2])}
+    assert main([*common, "--id-col", "key", "--output", str(tmp_path / "shards")]) == 0
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in before.items()) and shards[1].exists()
+    assert main(["embed", "--engine", "ray", "good film", *model]) == 2
+    assert "--engine ray embeds files" in capsys.readouterr().err
+
+
+class Captured(Exception):
+    """Raised by a library stand-in once it has recorded what the CLI passed."""
+
+
+def test_ray_options_and_dtype_reach_the_library(tiny_models, task_files, tmp_path, monkeypatch) -> None:
+    seen = {}
+
+    def record(name):
+        def stand_in(*args, **kwargs):
+            seen[name] = kwargs
+            raise Captured
+
+        return stand_in
+
+    monkeypatch.setattr("lafusion_st.embed_files.embed_file", record("embed"))
+    monkeypatch.setattr("lafusion_st.scan.scan_task", record("scan"))
+    ray = ["--engine", "ray", "--address", "head:6379", "--num-actors", "3", "--gpus-per-actor", "0.5"]
+    embed = ["embed", "--input", str(task_files[0]), "--output", str(tmp_path / "x"), "-m", tiny_models["llama"]]
+    with pytest.raises(Captured):
+        main([*embed, "-l", "1", "--dtype", "bf16", *ray])
+    options = seen["embed"]["ray_options"]
+    assert (options.address, options.num_actors, options.cpus_per_actor, options.gpus_per_actor) == (
+        "head:6379",
+        3,
+        1,
+        0.5,
+    )
+    assert seen["embed"]["embedder"]["dtype"] == "bf16" and seen["embed"]["engine"] == "ray"
+    scan = ["scan", "--train", str(task_files[0]), "--test", str(task_files[1]), "-m", "tiny", "--dtype", "bf16"]
+    with pytest.raises(Captured):
+        main([*scan, *ray])
+    assert seen["scan"]["dtype"] == "bf16" and seen["scan"]["ray_options"].num_actors == 3
