@@ -243,6 +243,6 @@ class RayLayerScanner(LayerScanner):
         )
         for row in pooled.iter_rows():
             job = int(row["job"])
-            shape = (len(poolings), self.num_hidden_layers + 1, len(batches[job]), self.hidden_size)
+            shape = (len(poolings), self.source_num_layers + 1, len(batches[job]), self.hidden_size)
             stacked = np.frombuffer(row["pooled"], dtype=np.float32).reshape(shape)
             yield job, dict(zip(poolings, stacked, strict=True))
