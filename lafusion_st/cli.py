@@ -15,6 +15,7 @@ from pathlib import Path
 from lafusion_st.data import BUNDLED_DATASETS
 from lafusion_st.errors import InvalidArgumentError, LafusionError, MissingFileError
 from lafusion_st.modes import DEFAULT_SHARD_ROWS, POOLING_MODES, PROTOCOLS
+from lafusion_st.predict_cli import PREDICT_HELP, add_predict_arguments, predict_command
 from lafusion_st.ray_options import add_ray_arguments
 from lafusion_st.spec import EmbedderSpec, RunSettings, ScanSettings, add_dtype_argument, add_max_seq_length_argument
 from onnx_export.cli import EXPORT_HELP, add_export_arguments, export_command
@@ -203,7 +204,7 @@ def _run(args: argparse.Namespace, with_test: bool) -> None:
     print(f"embedder {result.chosen.name}")
     print(
         f"report {result.report_path}\nplot   {result.plot_path}\nmodel "
-        f" {result.model_path}  (SentenceTransformer folder)"
+        f" {result.model_path}  (classifier: SentenceTransformer embedder + head/; `lafusion predict` takes it)"
     )
 
 
@@ -365,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     onnx.add_argument("--dtype", choices=DTYPES, default="fp32", help="exported graph variant (default: fp32)")
     evaluate.set_defaults(run=cmd_eval)
+
+    predict = verbs.add_parser("predict", help=PREDICT_HELP)
+    add_predict_arguments(predict)
+    predict.set_defaults(run=predict_command)
 
     export = verbs.add_parser("export", help=EXPORT_HELP)
     add_export_arguments(export)

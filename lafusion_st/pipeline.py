@@ -102,7 +102,8 @@ def run_task(
         train: Training texts and labels (the only data any choice is made on).
         test: Test texts and labels, or ``None`` to select and build only (``lafusion select``).
         models: Model short names or folders.
-        output_dir: Receives ``report.json``, ``layer_curves.png`` and ``model/`` (a SentenceTransformer).
+        output_dir: Receives ``report.json``, ``layer_curves.png`` and ``model/`` (a ``FusedClassifier`` folder:
+            the chosen SentenceTransformer embedder plus ``head/``, a ``LogisticHead`` fit on the training split).
         settings: Pooling, limits and selection settings.
     """
     settings = settings or RunSettings()
@@ -179,7 +180,7 @@ def run_task(
     _check_embedder_matches_scan(
         embedder, scans.test if test is not None else scans.train, chosen, test if test is not None else train
     )
-    embedder.save(str(model_path))
+    save_classifier(embedder, fused_from_scan(scans.train, chosen), train, settings.probe.seed, model_path)
     plot_path = plot_layer_curves(
         output_dir / "layer_curves.png", curves, {m: selections[m].chosen for m in models}, task=task
     )
@@ -204,6 +205,18 @@ def run_task(
         },
     )
     return RunResult(rows, chosen, report_path, Path(plot_path), model_path, scans)
+
+
+def save_classifier(embedder: Any, train_features: np.ndarray, train: LabeledTexts, seed: int, path: Path) -> None:
+    """Save the chosen embedder with a ``LogisticHead`` fit on its training vectors (read from the scan, which
+    the embedder was just checked to reproduce) as a ``FusedClassifier`` folder: ``lafusion predict`` and
+    ``lafusion export`` take it as it is, and ``SentenceTransformer(path)`` still loads the embedder."""
+    from lafusion_st.classifier import FusedClassifier
+    from lafusion_st.embedding_cache import member_dims
+    from lafusion_st.heads import LogisticHead
+
+    head = LogisticHead(seed=seed).fit(train_features, train.labels, member_dims=member_dims(embedder))
+    FusedClassifier.from_parts(embedder, head).save(path)
 
 
 def format_table(result: RunResult) -> str:

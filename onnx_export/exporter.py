@@ -33,6 +33,7 @@ from lafusion_st.modules import LayerSelect, MultiModelFuse, TruncatedTransforme
 from lafusion_st.modules.truncated_transformer import float32_forward
 from lafusion_st.spec import read_spec_file
 from onnx_export import manifest as manifest_io
+from onnx_export.classifier_export import classifier_parts, export_head
 from onnx_export.encoder import ORTFusedEncoder
 from onnx_export.errors import UnsupportedArchitectureError
 from onnx_export.fusion_graph import build_fusion_graph
@@ -79,7 +80,9 @@ def export(
         ORTFusedEncoder("smollm2-l12-16-onnx").encode(["a great movie"])
 
     Args:
-        model_or_path: A ``SentenceTransformer`` built by lafusion (on CPU), or the folder it was saved to.
+        model_or_path: A ``SentenceTransformer`` built by lafusion (on CPU), or the folder it was saved to; or a
+            fitted ``FusedClassifier`` or its saved folder, whose head then becomes ``head/head.onnx`` (served
+            by :class:`~onnx_export.ORTFusedClassifier`, see :mod:`onnx_export.classifier_export`).
         out_dir: New or empty folder to write to.
         dtypes: Graph variants to write: ``fp32`` (always, the reference), ``fp16``, ``int8`` (dynamic).
         optimize: Apply ONNX Runtime's offline transformer fusions to the fp32 graph (the other variants
@@ -107,6 +110,10 @@ def export(
         raise ValueError(
             "allow_unknown_architecture=True needs validate=True: parity is the only check of such a trace."
         )
+    classifier = classifier_parts(model_or_path)
+    head = None
+    if classifier is not None:
+        model_or_path, head = classifier
     model = _load(model_or_path)
     with float32_forward(model):  # ONNX export always starts from float32, whatever the embedder's dtype
         spec = _spec(model_or_path, model)
@@ -156,6 +163,8 @@ def _export_loaded(
     manifest_io.write_manifest(out_dir, manifest)
     if validate:
         _validate(model, out_dir, manifest, atol, rtol)
+    if head is not None:
+        export_head(head, model, out_dir, resolved_opset, validate)
     return out_dir
 
 

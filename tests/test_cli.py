@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from mteb.results import TaskResult
 
+from lafusion_st.classifier import FusedClassifier
 from lafusion_st.cli import main
 from lafusion_st.data import DataFormatError, load_task
 from lafusion_st.model import FusedSentenceTransformer
@@ -80,6 +81,11 @@ def test_run_on_user_files_writes_report_plot_and_model(tiny_models, task_files,
     assert accuracy == pytest.approx(expected.accuracy, abs=1e-12)
     assert accuracy * len(test_data) == pytest.approx(round(accuracy * len(test_data)), abs=1e-9)  # k of 12 right
     assert f"| {label} |" in printed
+    assert main(["predict", str(out / "model"), "great fun movie", "terrible boring movie"]) == 0
+    labels = [line.split("\t")[0] for line in capsys.readouterr().out.strip().splitlines()]
+    classifier = FusedClassifier.load(out / "model")
+    assert labels == classifier.predict(["great fun movie", "terrible boring movie"]).tolist()
+    assert classifier.classes_.tolist() == ["neg", "pos"]
 
 
 def test_user_errors_print_one_line_and_exit_2_debug_shows_the_traceback(tiny_models, task_files, capsys) -> None:
