@@ -11,7 +11,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV, cross_val_score
 
-from lafusion_st import FusedClassifier, HadamardResidualHead, LogisticHead, MLPHead, build_fused_model
+from lafusion_st import EmbedderSpec, FusedClassifier, HadamardResidualHead, LogisticHead, MLPHead, build_fused_model
 from lafusion_st.embedding_cache import EmbeddingCache
 
 POSITIVE = ["good", "great", "fun", "loved"]
@@ -88,7 +88,7 @@ def test_cross_validation_and_grid_search_embed_each_text_once(folders):
     ).fit(texts, labels)
     assert embedders.best_params_["embedder"] in (folders["llama"], folders["bert"])
     assert cache.computed == 2 * len(texts)  # each embedder embedded each text once
-    best_of_each = embedders.cv_results_["mean_test_score"]
+    best_of_each = embedders.cv_results_["mean_test_score"]  # the grid's scores are the embedders' own CV scores
     manual = [cross_val_score(FusedClassifier(f, head=LogisticHead(C=1.0), embedding_cache=cache), texts, labels, cv=4)
               for f in (folders["llama"], folders["bert"])]  # fmt: skip
     np.testing.assert_allclose(best_of_each, [m.mean() for m in manual])
@@ -148,3 +148,20 @@ def test_embedding_cache_keeps_vectors_within_its_budget(folders):
     expected = FusedClassifier(folders["llama"], head=LogisticHead(C=1.0), embedding_cache=EmbeddingCache())
     np.testing.assert_array_equal(classifier.embed(texts)[0], expected.embed(texts)[0])
     assert cache.computed == 2 * len(texts) - 10  # the ten kept were not embedded again
+
+
+def test_grid_search_over_two_specs_and_c(tiny_models):
+    """The issue's example: ``{"embedder": [spec_a, spec_b], "head__C": [...]}``; each spec embeds each text once."""
+    texts, labels = sentiment_data()
+    specs = [EmbedderSpec(tiny_models["llama"], [2, 4]), EmbedderSpec(tiny_models["gemma3"], [3], pooling="last")]
+    cache = EmbeddingCache()
+    search = GridSearchCV(
+        FusedClassifier(specs[0], head=LogisticHead(), embedding_cache=cache),
+        {"embedder": specs, "head__C": [0.1, 10.0]},
+        cv=4,
+    ).fit(texts, labels)
+    assert search.best_params_["embedder"] in specs and cache.computed == 2 * len(texts)
+    best = search.best_estimator_
+    assert best.head_.C_ == search.best_params_["head__C"] and best.embedder == search.best_params_["embedder"]
+    vectors, _ = best.embed(texts)
+    np.testing.assert_allclose(vectors, best.embedder.build().encode(texts), atol=1e-5)
