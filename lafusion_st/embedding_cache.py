@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from lafusion_st.errors import MissingFileError
-from lafusion_st.scan import _hash_files  # the scan cache's memoised file hasher: one home for it
+from lafusion_st.scan_cache import _hash_files  # the scan cache's memoised file hasher: one home for it
 
 HEAD_FOLDER = "head"
 MAX_LOADED_MODELS = 2

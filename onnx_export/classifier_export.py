@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from lafusion_st.files import write_text_atomic
 from onnx_export import manifest as manifest_io
 from onnx_export.classifier import (
     HEAD_DIR,
@@ -88,4 +89,4 @@ def export_head(head: Any, model: Any, out_dir: Path, opset: int, validate: bool
 
 
 def _write(folder: Path, manifest: dict[str, Any]) -> None:
-    (folder / HEAD_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(folder / HEAD_MANIFEST, json.dumps(manifest, indent=2) + "\n")

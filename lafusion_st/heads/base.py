@@ -11,7 +11,6 @@ with a message instead of predicting nonsense.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from lafusion_st.errors import InvalidArgumentError, MissingFileError
+from lafusion_st.files import file_sha256, write_text_atomic
 from lafusion_st.heads.labels import labels_from_json, labels_to_json
 
 CONFIG_FILE = "head_config.json"
@@ -142,10 +142,10 @@ class Head(ClassifierMixin, BaseEstimator):
             "n_features_in": int(self.n_features_in_),
             "member_dims": list(self.member_dims_),
             "tensors": {name: list(array.shape) for name, array in tensors.items()},
-            "weights_sha256": sha256_of(folder / WEIGHTS_FILE),
+            "weights_sha256": file_sha256(folder / WEIGHTS_FILE),
             "fitted": self._fitted_summary(),
         }
-        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(folder / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
         return folder
 
     @classmethod
@@ -172,10 +172,6 @@ class Head(ClassifierMixin, BaseEstimator):
         for name, value in config.get("fitted", {}).items():
             setattr(head, f"{name}_", value)
         return head
-
-
-def sha256_of(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def params_to_json(params: dict[str, Any]) -> dict[str, Any]:
@@ -213,7 +209,7 @@ def load_arrays(folder: Path, config: dict[str, Any]) -> dict[str, np.ndarray]:
     path = folder / WEIGHTS_FILE
     if not path.is_file():
         raise MissingFileError(f"{path} is missing: the head folder is incomplete.")
-    if sha256_of(path) != config.get("weights_sha256"):
+    if file_sha256(path) != config.get("weights_sha256"):
         raise InvalidArgumentError(
             f"{path} does not match the SHA-256 recorded in {folder / CONFIG_FILE}: the file was changed."
         )
