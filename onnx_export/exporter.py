@@ -118,13 +118,14 @@ def export(
     with float32_forward(model):  # ONNX export always starts from float32, whatever the embedder's dtype
         spec = _spec(model_or_path, model)
         return _export_loaded(
-            model, spec, out_dir, dtypes, optimize, opset, validate, atol, rtol, allow_unknown_architecture
+            model, spec, head, out_dir, dtypes, optimize, opset, validate, atol, rtol, allow_unknown_architecture
         )
 
 
 def _export_loaded(
     model: SentenceTransformer,
     spec: dict[str, Any] | None,
+    head: Any,
     out_dir: str | Path,
     dtypes: list[str],
     optimize: bool,
