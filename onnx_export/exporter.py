@@ -88,8 +88,9 @@ def export(
         optimize: Apply ONNX Runtime's offline transformer fusions to the fp32 graph (the other variants
             are derived from it). Validated like the plain graph.
         opset: ONNX opset; default Optimum's for text encoders.
-        validate: Check ORT against PyTorch (fp32 within tolerance on batch 1/7, left/right padding and
-            ``encode``; the other variants measured) and record the figures in the manifest.
+        validate: Check ORT against PyTorch (fp32 within tolerance on every grid of
+            :data:`onnx_export.validation.GRIDS` and on ``encode``; the other variants measured) and record
+            the figures in the manifest.
         atol: Absolute tolerance for fp32 (see :mod:`onnx_export.validation`).
         rtol: Relative tolerance for fp32, for LLM coordinates far above 1 where float32 itself is coarser.
         allow_unknown_architecture: Trace a backbone architecture Optimum has no ONNX config for; the
