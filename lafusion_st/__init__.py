@@ -14,7 +14,9 @@ from lafusion_st.modes import FUSION_MODES, POOLING_MODES
 
 if TYPE_CHECKING:
     from lafusion_st.builders import build_fused_model
+    from lafusion_st.classifier import FusedClassifier
     from lafusion_st.errors import LafusionError
+    from lafusion_st.heads import HadamardResidualHead, LogisticHead, MLPHead, SumResidualHead
     from lafusion_st.model import FusedSentenceTransformer
     from lafusion_st.modules import LayerSelect, MultiModelFuse, TruncatedTransformer
     from lafusion_st.registry import resolve_model
@@ -23,6 +25,11 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _LAZY = {
+    "FusedClassifier": "lafusion_st.classifier",
+    "HadamardResidualHead": "lafusion_st.heads",
+    "LogisticHead": "lafusion_st.heads",
+    "MLPHead": "lafusion_st.heads",
+    "SumResidualHead": "lafusion_st.heads",
     "FusedSentenceTransformer": "lafusion_st.model",
     "LayerSelect": "lafusion_st.modules",
     "MultiModelFuse": "lafusion_st.modules",
@@ -39,12 +46,17 @@ __all__ = [
     "FUSION_MODES",
     "POOLING_MODES",
     "EmbedderSpec",
+    "FusedClassifier",
     "LafusionError",
     "RunSettings",
     "ScanSettings",
     "FusedSentenceTransformer",
+    "HadamardResidualHead",
     "LayerSelect",
+    "LogisticHead",
+    "MLPHead",
     "MultiModelFuse",
+    "SumResidualHead",
     "TruncatedTransformer",
     "build_fused_model",
     "resolve_model",

@@ -11,6 +11,7 @@ from transformers import AutoConfig
 from lafusion_st.fusion import FusionMode
 from lafusion_st.layers import resolve_layers
 from lafusion_st.model import FusedSentenceTransformer
+from lafusion_st.modes import Dtype
 from lafusion_st.modules import LayerSelect, MultiModelFuse, TruncatedTransformer
 from lafusion_st.pooling import PoolingMode
 from lafusion_st.registry import resolve_model
@@ -26,6 +27,7 @@ def build_fused_model(
     max_seq_length: int | None = None,
     device: str | None = None,
     cache_dir: str | Path | None = None,
+    dtype: Dtype | None = None,
 ) -> FusedSentenceTransformer:
     """Build a fused ``SentenceTransformer`` from model names or paths and their layers.
 
@@ -46,10 +48,17 @@ def build_fused_model(
         fusion: How each model's layers are fused (``concat``, ``mean``, ``sum``, ``weighted``).
         model_fusion: How the models' vectors are fused (several models only).
         max_seq_length: Token limit per text (longer texts are truncated, with one warning).
+        dtype: Compute precision of every backbone (``fp32``, ``bf16``, ``fp16``); weights stay float32.
         device: Torch device; default as in ``SentenceTransformer``.
         cache_dir: Where short-named models are materialised (see :func:`lafusion_st.registry.resolve_model`).
     """
-    settings = {"pooling": pooling, "fusion": fusion, "model_fusion": model_fusion, "max_seq_length": max_seq_length}
+    settings = {
+        "pooling": pooling,
+        "fusion": fusion,
+        "model_fusion": model_fusion,
+        "max_seq_length": max_seq_length,
+        "dtype": dtype,
+    }
     spec = EmbedderSpec(models, layers, **{key: value for key, value in settings.items() if value is not None})
     return build(spec, device=device, cache_dir=cache_dir)
 
@@ -66,7 +75,7 @@ def build(
     members = []
     resolved_layers = []
     for path, layers, pooling in zip(paths, spec.layers, spec.pooling, strict=True):
-        modules = build_member_modules(path, layers, pooling, spec.fusion, spec.max_seq_length)
+        modules = build_member_modules(path, layers, pooling, spec.fusion, spec.max_seq_length, spec.dtype)
         resolved_layers.append(tuple(modules[1].layers))
         members.append(FusedSentenceTransformer(modules=modules, device=device))
     if len(members) == 1:
@@ -81,7 +90,12 @@ def build(
 
 
 def build_member_modules(
-    path: str, layers: Sequence[int], pooling: PoolingMode, fusion: FusionMode, max_seq_length: int
+    path: str,
+    layers: Sequence[int],
+    pooling: PoolingMode,
+    fusion: FusionMode,
+    max_seq_length: int,
+    dtype: Dtype = "fp32",
 ) -> list:
     """``[TruncatedTransformer, LayerSelect]`` for one resolved model folder, truncated after its deepest
     selected layer."""
@@ -89,7 +103,9 @@ def build_member_modules(
     layer_select = LayerSelect(
         resolve_layers(layers, depth), source_num_layers=depth, hidden_size=hidden_size, pooling=pooling, fusion=fusion
     )
-    backbone = TruncatedTransformer(path, num_layers=max(layer_select.deepest_layer, 1), max_seq_length=max_seq_length)
+    backbone = TruncatedTransformer(
+        path, num_layers=max(layer_select.deepest_layer, 1), max_seq_length=max_seq_length, dtype=dtype
+    )
     return [backbone, layer_select]
 
 

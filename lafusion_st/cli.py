@@ -14,8 +14,10 @@ from pathlib import Path
 
 from lafusion_st.data import BUNDLED_DATASETS
 from lafusion_st.errors import InvalidArgumentError, LafusionError, MissingFileError
-from lafusion_st.modes import POOLING_MODES, PROTOCOLS
-from lafusion_st.spec import EmbedderSpec, RunSettings, ScanSettings, add_max_seq_length_argument
+from lafusion_st.modes import DEFAULT_SHARD_ROWS, POOLING_MODES, PROTOCOLS
+from lafusion_st.predict_cli import PREDICT_HELP, add_predict_arguments, predict_command
+from lafusion_st.ray_options import add_ray_arguments
+from lafusion_st.spec import EmbedderSpec, RunSettings, ScanSettings, add_dtype_argument, add_max_seq_length_argument
 from onnx_export.cli import EXPORT_HELP, add_export_arguments, export_command
 from onnx_export.manifest import DTYPES
 from onnx_export.providers import PROVIDERS
@@ -49,25 +51,55 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
-    """Embed texts (arguments, or one per line of --input) with a saved or freshly built embedder."""
+    """Embed texts (arguments, or --input FILE) with a saved or freshly built embedder; --input with --output
+    goes through the resumable, sharded file path (here or on Ray)."""
+    import functools
+
     import numpy as np
 
-    texts = list(args.texts)
-    if args.input:
-        if not Path(args.input).is_file():
-            raise MissingFileError(f"No such file: {args.input}")
-        with open(args.input, encoding="utf-8") as handle:
-            texts += [line.rstrip("\n") for line in handle]
-    if not texts:
-        raise InvalidArgumentError("give texts as arguments or --input FILE")
+    if args.input and not Path(args.input).is_file():
+        raise MissingFileError(f"No such file: {args.input}")
     if args.saved:
         from lafusion_st.model import FusedSentenceTransformer
 
-        model = FusedSentenceTransformer(args.saved, local_files_only=True)
+        load_model = functools.partial(FusedSentenceTransformer, args.saved, local_files_only=True)
+        embedder = {"saved": str(Path(args.saved).resolve())}
     elif args.models and args.layers:
-        model = EmbedderSpec.from_args(args).build()
+        spec = EmbedderSpec.from_args(args)
+        load_model, embedder = spec.build, spec.to_dict()
     else:
         raise InvalidArgumentError("give --saved FOLDER, or --model and --layers")
+    if args.input and args.output:
+        if args.texts:
+            raise InvalidArgumentError("give texts as arguments or --input FILE, not both")
+        from lafusion_st.embed_files import embed_file
+        from lafusion_st.ray_options import RayOptions
+
+        output = embed_file(
+            load_model,
+            args.input,
+            args.output,
+            embedder=embedder,
+            text_col=args.text_col,
+            id_col=args.id_col,
+            batch_size=args.batch_size,
+            shard_rows=args.shard_rows,
+            engine=args.engine,
+            ray_options=RayOptions.from_args(args) if args.engine == "ray" else None,
+            show_progress_bar=True,
+        )
+        print(f"wrote the embeddings of {args.input} to {output}")
+        return
+    if args.engine != "local":
+        raise InvalidArgumentError("--engine ray embeds files: give --input FILE and --output")
+    texts = list(args.texts)
+    if args.input:
+        from lafusion_st.text_files import read_text_table
+
+        texts += read_text_table(args.input, text_col=args.text_col).column("text").to_pylist()
+    if not texts:
+        raise InvalidArgumentError("give texts as arguments or --input FILE")
+    model = load_model()
     embeddings = model.encode(texts, batch_size=args.batch_size, show_progress_bar=len(texts) > args.batch_size)
     if args.output:
         np.save(args.output, embeddings, allow_pickle=False)
@@ -129,10 +161,16 @@ def cmd_scan(args: argparse.Namespace) -> None:
                 ("poolings", args.poolings),  # argparse's "append" would add to a list default
                 ("max_seq_length", args.max_seq_length),
                 ("batch_size", args.batch_size),
+                ("dtype", args.dtype),
             )
             if value is not None
         }
     )
+    engine = {}
+    if args.engine == "ray":
+        from lafusion_st.ray_options import RayOptions
+
+        engine = {"engine": "ray", "ray_options": RayOptions.from_args(args)}
     scans = scan_task(
         args.models,
         train.texts,
@@ -140,6 +178,8 @@ def cmd_scan(args: argparse.Namespace) -> None:
         poolings=settings.poolings,
         max_seq_length=settings.max_seq_length,
         batch_size=settings.batch_size,
+        dtype=settings.dtype,
+        **engine,
     )
     for split, by_model in (("train", scans.train), ("test", scans.test)):
         for model, by_pooling in by_model.items():
@@ -164,7 +204,7 @@ def _run(args: argparse.Namespace, with_test: bool) -> None:
     print(f"embedder {result.chosen.name}")
     print(
         f"report {result.report_path}\nplot   {result.plot_path}\nmodel "
-        f" {result.model_path}  (SentenceTransformer folder)"
+        f" {result.model_path}  (classifier: SentenceTransformer embedder + head/; `lafusion predict` takes it)"
     )
 
 
@@ -246,10 +286,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     embed = verbs.add_parser("embed", help="embed texts with a saved (--saved) or freshly built (--model ...) embedder")
     embed.add_argument("texts", nargs="*", help="texts to embed")
-    embed.add_argument("--input", help="file with one text per line")
+    embed.add_argument(
+        "--input",
+        help="file of texts: .jsonl/.ndjson, .csv, .tsv, .parquet (see --text-col), or plain text, one a line",
+    )
     embed.add_argument("--saved", help="saved embedder folder (instead of --model/--layers)")
-    embed.add_argument("--output", help=".npy file to write the embeddings to")
+    embed.add_argument(
+        "--output",
+        help="with --input: a .npy file (one array in input order) or a folder of Parquet shards (row, id, "
+        "embedding); a rerun skips finished shards",
+    )
     embed.add_argument("--batch-size", type=int, default=32)
+    embed.add_argument("--text-col", default="text", help="text column of --input (default: text)")
+    embed.add_argument("--id-col", help="column of --input copied to the output's id (default: the row number)")
+    embed.add_argument(
+        "--shard-rows", type=int, default=DEFAULT_SHARD_ROWS, help=f"texts per shard (default: {DEFAULT_SHARD_ROWS})"
+    )
+    add_ray_arguments(embed)
     EmbedderSpec.add_arguments(embed, required=False)
     embed.set_defaults(run=cmd_embed)
     scan = verbs.add_parser("scan", help="cache every layer's pooled vectors of each model over a task")
@@ -264,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_max_seq_length_argument(scan)
     scan.add_argument("--batch-size", type=int, help=f"default: {ScanSettings.batch_size}")
+    add_dtype_argument(scan)
+    add_ray_arguments(scan)
     scan.set_defaults(run=cmd_scan)
 
     select = verbs.add_parser(
@@ -323,6 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     onnx.add_argument("--dtype", choices=DTYPES, default="fp32", help="exported graph variant (default: fp32)")
     evaluate.set_defaults(run=cmd_eval)
+
+    predict = verbs.add_parser("predict", help=PREDICT_HELP)
+    add_predict_arguments(predict)
+    predict.set_defaults(run=predict_command)
 
     export = verbs.add_parser("export", help=EXPORT_HELP)
     add_export_arguments(export)

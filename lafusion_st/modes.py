@@ -21,3 +21,14 @@ PROTOCOLS: tuple[Protocol, ...] = ("standard", "paper")
 STANDARD_ERRORS = 1.0
 """Default margin of the selection's noise rule: a more complex choice must gain more than this many standard
 errors of the paired per-fold CV difference (see :mod:`lafusion_st.selection`)."""
+
+Engine = Literal["local", "ray"]
+ENGINES: tuple[Engine, ...] = ("local", "ray")
+"""``local``: this process; ``ray``: a Ray Data actor pool (``pip install lafusion[ray]``), same vectors."""
+DEFAULT_SHARD_ROWS = 4096
+"""Texts per output shard of ``lafusion embed --input ... --output ...``: the resume unit (a dead run loses at most
+one shard per worker)."""
+
+Dtype = Literal["fp32", "bf16", "fp16"]
+DTYPES: tuple[Dtype, ...] = ("fp32", "bf16", "fp16")
+"""Compute precision of the backbone's forward pass; weights stay float32 in memory and on disk."""

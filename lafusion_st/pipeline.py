@@ -132,7 +132,8 @@ def run_task(
         train: Training texts and labels (the only data any choice is made on).
         test: Test texts and labels, or ``None`` to select and build only (``lafusion select``).
         models: Model short names or folders.
-        output_dir: Receives ``report.json``, ``layer_curves.png`` and ``model/`` (a SentenceTransformer).
+        output_dir: Receives ``report.json``, ``layer_curves.png`` and ``model/`` (a ``FusedClassifier`` folder:
+            the chosen SentenceTransformer embedder plus ``head/``, a ``LogisticHead`` fit on the training split).
         settings: Poolings, limits and selection settings.
     """
     settings = settings or RunSettings()
@@ -146,6 +147,7 @@ def run_task(
         poolings=scan.poolings,
         max_seq_length=scan.max_seq_length,
         batch_size=scan.batch_size,
+        dtype=scan.dtype,
     )
     labels = np.asarray(train.labels)
     rows: dict[tuple[str, str], Row] = {}
@@ -209,7 +211,7 @@ def run_task(
     _check_embedder_matches_scan(
         embedder, scans.test if test is not None else scans.train, chosen, test if test is not None else train
     )
-    embedder.save(str(model_path))
+    save_classifier(embedder, fused_from_scan(scans.train, chosen), train, settings.probe.seed, model_path)
     plot_path = plot_layer_curves(
         output_dir / "layer_curves.png",
         {f"{model} ({search.pooling})": search.curves[search.pooling] for model, search in searches.items()},
@@ -266,6 +268,18 @@ def compare_rows(rows: dict[tuple[str, str], Row], models: list[str]) -> list[Co
     tests = [mcnemar(a.test.correct, b.test.correct) for a, b in pairs]
     adjusted = holm([test.p_value for test in tests])
     return [Comparison(a.label, b.label, test, p) for (a, b), test, p in zip(pairs, tests, adjusted, strict=True)]
+
+
+def save_classifier(embedder: Any, train_features: np.ndarray, train: LabeledTexts, seed: int, path: Path) -> None:
+    """Save the chosen embedder with a ``LogisticHead`` fit on its training vectors (read from the scan, which
+    the embedder was just checked to reproduce) as a ``FusedClassifier`` folder: ``lafusion predict`` and
+    ``lafusion export`` take it as it is, and ``SentenceTransformer(path)`` still loads the embedder."""
+    from lafusion_st.classifier import FusedClassifier
+    from lafusion_st.embedding_cache import member_dims
+    from lafusion_st.heads import LogisticHead
+
+    head = LogisticHead(seed=seed).fit(train_features, train.labels, member_dims=member_dims(embedder))
+    FusedClassifier.from_parts(embedder, head).save(path)
 
 
 def format_table(result: RunResult) -> str:

@@ -43,7 +43,7 @@ def check_saved_modules(folder: str, trust_remote_code: bool = False) -> None:
     :data:`OWN_MODULE_CLASSES`.
 
     Raises:
-        ValueError: Malformed ``modules.json``, or a path that is absolute, nested or leads outside.
+        InvalidArgumentError: Malformed ``modules.json``, or a path that is absolute, nested or leads outside.
         UntrustedModuleError: A class outside the allow-list (its name and the folder are in the message).
     """
     path = os.path.join(folder, "modules.json")
@@ -58,16 +58,16 @@ def read_modules_json(folder: str) -> list[dict[str, Any]]:
     """The entries of ``folder/modules.json``, checked to be a list of JSON objects.
 
     Raises:
-        ValueError: Not JSON, or not such a list.
+        InvalidArgumentError: (a ``ValueError``) Not JSON, or not such a list.
     """
     path = os.path.join(folder, "modules.json")
     try:
         with open(path, encoding="utf-8") as handle:
             entries = json.load(handle)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
+        raise InvalidArgumentError(f"{path} is not valid JSON: {error}") from error
     if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
-        raise ValueError(f"{path} must hold a list of module entries.")
+        raise InvalidArgumentError(f"{path} must hold a list of module entries.")
     return entries
 
 

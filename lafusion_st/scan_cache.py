@@ -74,6 +74,8 @@ class ScanKey:
         texts_sha256: :func:`texts_sha256` of the text list.
         shape: ``[L + 1, N, H]`` of the stored tensor.
         vector_rules: :data:`VECTOR_RULES` of the code that computed the vectors.
+        dtype: Compute precision of the forward pass; left out of the fields (and so of the digest) at its
+            default ``fp32``, so entries written before precision was a setting keep their keys.
     """
 
     model_fingerprint: str
@@ -82,11 +84,14 @@ class ScanKey:
     texts_sha256: str
     shape: tuple[int, int, int]
     vector_rules: int = field(default_factory=lambda: VECTOR_RULES)  # read when a key is made
+    dtype: str = "fp32"
 
     def fields(self) -> dict[str, Any]:
         """The key as JSON-ready fields, as stored in (and compared against) the sidecar."""
         fields = asdict(self)
         fields["shape"] = list(self.shape)
+        if self.dtype == "fp32":
+            del fields["dtype"]
         return fields
 
     @property
@@ -183,7 +188,9 @@ class ScanCacheEntry:
             )
 
     def chunk_file(self, start: int, end: int) -> Path:
-        return self.partial_dir / f"chunk_{start:09d}_{end:09d}.safetensors"
+        """File of texts ``[start, end)`` in the scan's length-sorted order (``LayerScanner.plan``); the name
+        differs from that of chunks of consecutive texts, which older versions left, so those are never read."""
+        return self.partial_dir / f"sorted_{start:09d}_{end:09d}.safetensors"
 
     def has_chunk(self, start: int, end: int, shape: tuple[int, ...]) -> bool:
         """Whether chunk ``[start, end)`` is on disk and intact (a broken chunk is removed, with a warning)."""
@@ -201,12 +208,22 @@ class ScanCacheEntry:
     def write_chunk(self, start: int, end: int, vectors: np.ndarray) -> None:
         _write_checked(self.chunk_file(start, end), vectors)
 
-    def finalize(self, chunks: Sequence[tuple[int, int]], extra: dict[str, Any]) -> np.ndarray:
-        """Join the ``(start, end)`` chunks into the data file, write the sidecar last, and drop the chunks."""
+    def finalize(self, plan: Sequence[np.ndarray], extra: dict[str, Any]) -> np.ndarray:
+        """Join the chunks into the data file in input order, write the sidecar last, and drop the chunks.
+
+        Args:
+            plan: The text positions of each chunk, in the scan's order (see ``LayerScanner.plan``).
+            extra: More sidecar fields.
+        """
         layers, count, hidden = self.key.shape
         vectors = np.empty((layers, count, hidden), dtype=np.float32)
-        for start, end in chunks:
-            vectors[:, start:end] = _read_checked(self.chunk_file(start, end), [layers, end - start, hidden], None)
+        start = 0
+        for positions in plan:
+            end = start + len(positions)
+            vectors[:, positions] = _read_checked(self.chunk_file(start, end), [layers, end - start, hidden], None)
+            start = end
+        if start != count:
+            raise ValueError(f"The chunks hold {start} texts, expected {count}.")
         checksum = _write_checked(self.data_file, vectors)
         sidecar = {
             **self.key.fields(),

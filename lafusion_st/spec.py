@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lafusion_st.errors import InvalidArgumentError
-from lafusion_st.modes import FUSION_MODES, POOLING_MODES, STANDARD_ERRORS, FusionMode, PoolingMode
+from lafusion_st.modes import DTYPES, FUSION_MODES, POOLING_MODES, STANDARD_ERRORS, Dtype, FusionMode, PoolingMode
 
 if TYPE_CHECKING:
     from lafusion_st.model import FusedSentenceTransformer
@@ -51,6 +51,9 @@ class EmbedderSpec:
         fusion: How each model's layers are fused.
         model_fusion: How the models' vectors are fused (several models only).
         max_seq_length: Token limit per text (longer texts are truncated, with one warning).
+        dtype: Compute precision of the forward pass (``fp32``, ``bf16``, ``fp16``; see
+            :mod:`lafusion_st.precision`); weights stay float32. An embedder chosen from a scan uses the
+            scan's dtype, so it reproduces the scanned vectors.
     """
 
     models: tuple[str, ...]
@@ -59,6 +62,7 @@ class EmbedderSpec:
     fusion: FusionMode = "concat"
     model_fusion: FusionMode = "concat"
     max_seq_length: int = 256
+    dtype: Dtype = "fp32"
 
     def __post_init__(self) -> None:
         models = (self.models,) if isinstance(self.models, str) else tuple(self.models)
@@ -79,6 +83,7 @@ class EmbedderSpec:
         _check_choice("model_fusion", self.model_fusion, FUSION_MODES)
         if isinstance(self.max_seq_length, bool) or not isinstance(self.max_seq_length, int) or self.max_seq_length < 1:
             raise InvalidArgumentError(f"max_seq_length must be a positive integer, got {self.max_seq_length!r}.")
+        _check_choice("dtype", self.dtype, DTYPES)
 
     @property
     def name(self) -> str:
@@ -136,6 +141,7 @@ class EmbedderSpec:
             "fusion": self.fusion,
             "model_fusion": self.model_fusion,
             "max_seq_length": self.max_seq_length,
+            "dtype": self.dtype,
         }
 
     @classmethod
@@ -178,6 +184,7 @@ class EmbedderSpec:
             help=f"how several models are fused (default: {EmbedderSpec.model_fusion})",
         )
         add_max_seq_length_argument(group)
+        add_dtype_argument(group)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> EmbedderSpec:
@@ -187,6 +194,7 @@ class EmbedderSpec:
             "fusion": args.fusion,
             "model_fusion": args.model_fusion,
             "max_seq_length": args.max_seq_length,
+            "dtype": args.dtype,
         }
         layers = args.layers[0] if len(args.layers) == 1 else args.layers
         return cls(args.models, layers, **{key: value for key, value in settings.items() if value is not None})
@@ -197,22 +205,24 @@ class EmbedderSpec:
         return {key: getattr(self, key) for key in _NAME_TAGS if getattr(self, key) != defaults[key]}
 
 
-_NAME_TAGS = {"max_seq_length": "len"}
+_NAME_TAGS = {"max_seq_length": "len", "dtype": ""}
 """Settings added to the name only when not at their default, with the tag that precedes the value."""
 
 
 @dataclass(frozen=True)
 class ScanSettings:
-    """What ``lafusion scan`` does: poolings computed from one forward pass, token limit, batch size."""
+    """What ``lafusion scan`` does: poolings computed from one forward pass, token limit, batch size, precision."""
 
     poolings: tuple[PoolingMode, ...] = (EmbedderSpec.pooling,)
     max_seq_length: int = EmbedderSpec.max_seq_length
     batch_size: int = 32
+    dtype: Dtype = EmbedderSpec.dtype
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "poolings", tuple(self.poolings))
         for pooling in self.poolings:
             _check_choice("pooling", pooling, POOLING_MODES)
+        _check_choice("dtype", self.dtype, DTYPES)
 
 
 def _default_probe() -> ProbeConfig:
@@ -236,6 +246,7 @@ class RunSettings:
         seeds: How many CV fold seeds (from ``probe.seed`` on) the search is repeated with to report how
             stable its choice is (1: no repetition).
         probe: The probes' settings (CV folds, seed, C grids, ...).
+        dtype: Precision of the scan and of the built embedder (the same, so the embedder reproduces the scan).
     """
 
     poolings: tuple[PoolingMode, ...] = (EmbedderSpec.pooling, "last")
@@ -245,6 +256,7 @@ class RunSettings:
     max_layers: int = 4
     seeds: int = 1
     probe: ProbeConfig = field(default_factory=_default_probe)
+    dtype: Dtype = EmbedderSpec.dtype
 
     def __post_init__(self) -> None:
         self.poolings = tuple(dict.fromkeys(self.poolings))
@@ -259,7 +271,7 @@ class RunSettings:
 
     @property
     def scan(self) -> ScanSettings:
-        return ScanSettings(self.poolings, self.max_seq_length, self.batch_size)
+        return ScanSettings(self.poolings, self.max_seq_length, self.batch_size, self.dtype)
 
     def spec(
         self, models: Sequence[str], layers: Sequence[Sequence[int]], poolings: Sequence[PoolingMode] | None = None
@@ -271,6 +283,7 @@ class RunSettings:
             tuple(tuple(ls) for ls in layers),
             tuple(poolings) if poolings is not None else self.poolings[0],
             max_seq_length=self.max_seq_length,
+            dtype=self.dtype,
         )
 
     @staticmethod
@@ -283,6 +296,7 @@ class RunSettings:
             f"(default: {' '.join(RunSettings.poolings)})",
         )  # fmt: skip
         add_max_seq_length_argument(parser)
+        add_dtype_argument(parser)
         parser.add_argument(
             "--batch-size", type=int, default=RunSettings.batch_size, help=f"default: {RunSettings.batch_size}"
         )
@@ -311,6 +325,7 @@ class RunSettings:
             max_layers=args.max_layers,
             seeds=args.seeds,
             probe=probe if probe is not None else _default_probe(),
+            dtype=args.dtype or cls.dtype,
         )
 
 
@@ -318,6 +333,16 @@ def add_max_seq_length_argument(parser: argparse.ArgumentParser | argparse._Argu
     """``--max-seq-length`` (``None`` when not given, so the spec's default applies)."""
     parser.add_argument(
         "--max-seq-length", type=int, help=f"token limit per text (default: {EmbedderSpec.max_seq_length})"
+    )
+
+
+def add_dtype_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--dtype`` (``None`` when not given, so the spec's default applies)."""
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        help=f"compute precision; bf16 needs native support (CPU with AVX512-BF16/AMX, or a GPU); fp16 is "
+        f"GPU only (default: {EmbedderSpec.dtype})",
     )
 
 

@@ -1,6 +1,7 @@
 """ONNX export of lafusion embedders and an ONNX Runtime encoder with ``SentenceTransformer.encode``'s API.
 
-``export`` (torch, Optimum) writes a self-describing folder; ``ORTFusedEncoder`` serves it with only
+``export`` (torch, Optimum) writes a self-describing folder; ``ORTFusedEncoder`` (vectors) and
+``ORTFusedClassifier`` (labels, for an exported ``FusedClassifier``) serve it with only
 onnxruntime, numpy and tokenizers installed. The torch-side names are imported on first use (PEP 562), so
 ``from onnx_export import ORTFusedEncoder`` works on a serving machine without torch.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from onnx_export.classifier import ORTFusedClassifier
 from onnx_export.encoder import ORTFusedEncoder
 from onnx_export.errors import (
     ExportedModelError,
@@ -31,6 +33,7 @@ _NEEDS_TORCH = {
 __all__ = [
     "ExportedModelError",
     "NonFiniteEmbeddingError",
+    "ORTFusedClassifier",
     "ORTFusedEncoder",
     "ParityError",
     "ProviderUnavailableError",

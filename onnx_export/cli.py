@@ -11,16 +11,20 @@ main CLI only wires them in::
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from onnx_export.classifier import HEAD_DIR, HEAD_GRAPH, read_head_manifest
 from onnx_export.manifest import DTYPES, read_manifest
 from onnx_export.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
 
-EXPORT_HELP = "Export a saved fused embedder to ONNX (Optimum), checked against PyTorch."
+EXPORT_HELP = "Export a saved fused embedder or classifier to ONNX (Optimum), checked against PyTorch."
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``lafusion export`` arguments to ``parser``."""
-    parser.add_argument("model", help="Folder of a saved lafusion embedder (SentenceTransformer format).")
+    parser.add_argument(
+        "model", help="Folder of a saved lafusion embedder (SentenceTransformer format) or FusedClassifier."
+    )
     parser.add_argument("out_dir", help="New or empty folder for the ONNX export.")
     parser.add_argument(
         "--dtype", dest="dtypes", action="append", choices=DTYPES, default=None,
@@ -66,4 +70,13 @@ def export_command(args: argparse.Namespace) -> int:
                 f"  {dtype}: max abs diff vs PyTorch {figures['max_abs_diff']:.3g}, "
                 f"min cosine {figures['min_cosine']:.6f}"
             )
+    if Path(out_dir, HEAD_DIR).is_dir():
+        parity = read_head_manifest(out_dir).get("parity")
+        figures = (
+            f": max probability diff vs PyTorch {parity['max_abs_diff']:.3g}, label agreement "
+            f"{parity['label_agreement']:.0%}"
+            if parity
+            else ""
+        )
+        print(f"  classifier head {HEAD_DIR}/{HEAD_GRAPH}{figures}")
     return 0

@@ -30,8 +30,10 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 from lafusion_st.files import file_sha256
 from lafusion_st.model import FusedSentenceTransformer
 from lafusion_st.modules import LayerSelect, MultiModelFuse, TruncatedTransformer
+from lafusion_st.modules.truncated_transformer import float32_forward
 from lafusion_st.spec import read_spec_file
 from onnx_export import manifest as manifest_io
+from onnx_export.classifier_export import classifier_parts, export_head
 from onnx_export.encoder import ORTFusedEncoder
 from onnx_export.errors import UnsupportedArchitectureError
 from onnx_export.fusion_graph import build_fusion_graph
@@ -78,14 +80,17 @@ def export(
         ORTFusedEncoder("smollm2-l12-16-onnx").encode(["a great movie"])
 
     Args:
-        model_or_path: A ``SentenceTransformer`` built by lafusion (on CPU), or the folder it was saved to.
+        model_or_path: A ``SentenceTransformer`` built by lafusion (on CPU), or the folder it was saved to; or a
+            fitted ``FusedClassifier`` or its saved folder, whose head then becomes ``head/head.onnx`` (served
+            by :class:`~onnx_export.ORTFusedClassifier`, see :mod:`onnx_export.classifier_export`).
         out_dir: New or empty folder to write to.
         dtypes: Graph variants to write: ``fp32`` (always, the reference), ``fp16``, ``int8`` (dynamic).
         optimize: Apply ONNX Runtime's offline transformer fusions to the fp32 graph (the other variants
             are derived from it). Validated like the plain graph.
         opset: ONNX opset; default Optimum's for text encoders.
-        validate: Check ORT against PyTorch (fp32 within tolerance on batch 1/7, left/right padding and
-            ``encode``; the other variants measured) and record the figures in the manifest.
+        validate: Check ORT against PyTorch (fp32 within tolerance on every grid of
+            :data:`onnx_export.validation.GRIDS` and on ``encode``; the other variants measured) and record
+            the figures in the manifest.
         atol: Absolute tolerance for fp32 (see :mod:`onnx_export.validation`).
         rtol: Relative tolerance for fp32, for LLM coordinates far above 1 where float32 itself is coarser.
         allow_unknown_architecture: Trace a backbone architecture Optimum has no ONNX config for; the
@@ -106,7 +111,31 @@ def export(
         raise ValueError(
             "allow_unknown_architecture=True needs validate=True: parity is the only check of such a trace."
         )
+    classifier = classifier_parts(model_or_path)
+    head = None
+    if classifier is not None:
+        model_or_path, head = classifier
     model = _load(model_or_path)
+    with float32_forward(model):  # ONNX export always starts from float32, whatever the embedder's dtype
+        spec = _spec(model_or_path, model)
+        return _export_loaded(
+            model, spec, head, out_dir, dtypes, optimize, opset, validate, atol, rtol, allow_unknown_architecture
+        )
+
+
+def _export_loaded(
+    model: SentenceTransformer,
+    spec: dict[str, Any] | None,
+    head: Any,
+    out_dir: str | Path,
+    dtypes: list[str],
+    optimize: bool,
+    opset: int | None,
+    validate: bool,
+    atol: float,
+    rtol: float,
+    allow_unknown_architecture: bool,
+) -> Path:
     members, model_fusion = _split_members(model)
     for _, member in members:
         _check_architecture(member[0], allow_unknown_architecture)
@@ -131,11 +160,13 @@ def export(
         "members": member_specs,
         "variants": {dtype: {"optimized": optimize} for dtype in dtypes},
         "versions": _versions(),
-        "spec": _spec(model_or_path, model),
+        "spec": spec,
     }
     manifest_io.write_manifest(out_dir, manifest)
     if validate:
         _validate(model, out_dir, manifest, atol, rtol)
+    if head is not None:
+        export_head(head, model, out_dir, resolved_opset, validate)
     return out_dir
 
 

@@ -2,12 +2,12 @@
 
 Why several grids: a traced graph can be right for the shapes it was traced with and wrong elsewhere
 (padding frozen into the mask, positions computed from the sequence instead of the mask). Each graph
-grid feeds *the same token ids* to PyTorch and ONNX Runtime (batch 1 and 7 with left and right padding,
-and 16, more than there are validation texts, left-padded), so a difference is the graph's fault; the
-``encode`` grid then compares ``ORTFusedEncoder.encode`` with ``SentenceTransformer.encode`` end to end, which
-adds the torch-free tokenizer (empty and whitespace-only texts included) and a text longer than
-``max_seq_length``, so truncation is compared too (only there: a full-length row in every grid made a real
-model's validation several times slower).
+grid feeds *the same token ids* to PyTorch and ONNX Runtime (batch 1, which has no padding to place,
+batch 7 with right and left padding, and 16, more than there are validation texts, left-padded), so a
+difference is the graph's fault; the ``encode`` grid then compares ``ORTFusedEncoder.encode`` with
+``SentenceTransformer.encode`` end to end, which adds the torch-free tokenizer (empty and whitespace-only texts
+included) and a text longer than ``max_seq_length``, so truncation is compared too (only there: a full-length
+row in every grid made a real model's validation several times slower).
 
 Tolerance is ``numpy.allclose``'s ``|ort - torch| <= atol + rtol * |torch|``, element-wise. Why a relative
 term: LLM hidden states have a few "massive activation" coordinates (SmolLM2's pooled vectors reach 2.5e4,
@@ -43,7 +43,9 @@ VALIDATION_TEXTS: tuple[str, ...] = (
     "Wheat and grain exports to Europe were up ten percent in the third quarter, the ministry said.",
     " \t ",
 )
-GRIDS: tuple[tuple[int, str], ...] = ((1, "right"), (1, "left"), (7, "right"), (7, "left"), (16, "left"))
+GRIDS: tuple[tuple[int, str], ...] = ((1, "right"), (7, "right"), (7, "left"), (16, "left"))
+"""``(batch_size, padding_side)`` pairs. No ``(1, "left")``: one text has no padding, so its inputs equal
+``(1, "right")``'s token for token."""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from mteb.results import TaskResult
 
+from lafusion_st.classifier import FusedClassifier
 from lafusion_st.cli import main
 from lafusion_st.data import DataFormatError, load_task
 from lafusion_st.model import FusedSentenceTransformer
@@ -89,6 +90,11 @@ def test_run_on_user_files_writes_report_plot_and_model(tiny_models, task_files,
         search = report["selections"][model]
         assert f"{model}: pooling {search['pooling']}, layers {search['chosen']}" in printed
         assert search["pooling"] in ("mean", "last") and search["score"]["probe"] == "tuned"
+    assert main(["predict", str(out / "model"), "great fun movie", "terrible boring movie"]) == 0
+    labels = [line.split("\t")[0] for line in capsys.readouterr().out.strip().splitlines()]
+    classifier = FusedClassifier.load(out / "model")
+    assert labels == classifier.predict(["great fun movie", "terrible boring movie"]).tolist()
+    assert classifier.classes_.tolist() == ["neg", "pos"]
 
 
 def test_user_errors_print_one_line_and_exit_2_debug_shows_the_traceback(tiny_models, task_files, capsys) -> None:
@@ -188,3 +194,63 @@ def test_select_with_seeds_reports_how_often_each_layer_is_chosen(tiny_models, t
     assert all(1 <= count <= 2 for count in stability["layer_counts"].values())
     counts = ", ".join(f"{layer}: {count}/2" for layer, count in stability["layer_counts"].items())
     assert f"layers chosen across fold seeds [0, 1]: {counts}" in printed
+
+
+def test_embed_a_file_into_resumable_shards_and_npy(tiny_models, tmp_path, capsys) -> None:
+    texts = [*POSITIVE, *NEGATIVE]
+    source = tmp_path / "texts.jsonl"
+    source.write_text("".join(json.dumps({"key": f"k{i}", "body": text}) + "\n" for i, text in enumerate(texts)))
+    model = ["-m", tiny_models["llama"], "-l", "2,4", "--batch-size", "4", "--shard-rows", "5"]
+    common = ["embed", "--input", str(source), "--text-col", "body", *model]
+    assert main([*common, "--id-col", "key", "--output", str(tmp_path / "shards")]) == 0
+    assert main([*common, "--output", str(tmp_path / "all.npy")]) == 0
+    vectors = np.load(tmp_path / "all.npy", allow_pickle=False)
+    spec = EmbedderSpec(tiny_models["llama"], [2, 4])
+    encoded = spec.build().encode(texts, batch_size=4)
+    np.testing.assert_allclose(vectors, encoded, atol=1e-5, rtol=1e-4)
+    shards = sorted((tmp_path / "shards").glob("part-*.parquet"))
+    assert [path.name[5:-8] for path in shards] == [
+        "000000000000-000000000005",
+        "000000000005-000000000010",
+        "000000000010-000000000012",
+    ]
+    (shards[1]).unlink()
+    before = {path: path.stat().st_mtime_ns for path in (shards[0], shards[2])}
+    assert main([*common, "--id-col", "key", "--output", str(tmp_path / "shards")]) == 0
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in before.items()) and shards[1].exists()
+    assert main(["embed", "--engine", "ray", "good film", *model]) == 2
+    assert "--engine ray embeds files" in capsys.readouterr().err
+
+
+class Captured(Exception):
+    """Raised by a library stand-in once it has recorded what the CLI passed."""
+
+
+def test_ray_options_and_dtype_reach_the_library(tiny_models, task_files, tmp_path, monkeypatch) -> None:
+    seen = {}
+
+    def record(name):
+        def stand_in(*args, **kwargs):
+            seen[name] = kwargs
+            raise Captured
+
+        return stand_in
+
+    monkeypatch.setattr("lafusion_st.embed_files.embed_file", record("embed"))
+    monkeypatch.setattr("lafusion_st.scan.scan_task", record("scan"))
+    ray = ["--engine", "ray", "--address", "head:6379", "--num-actors", "3", "--gpus-per-actor", "0.5"]
+    embed = ["embed", "--input", str(task_files[0]), "--output", str(tmp_path / "x"), "-m", tiny_models["llama"]]
+    with pytest.raises(Captured):
+        main([*embed, "-l", "1", "--dtype", "bf16", *ray])
+    options = seen["embed"]["ray_options"]
+    assert (options.address, options.num_actors, options.cpus_per_actor, options.gpus_per_actor) == (
+        "head:6379",
+        3,
+        1,
+        0.5,
+    )
+    assert seen["embed"]["embedder"]["dtype"] == "bf16" and seen["embed"]["engine"] == "ray"
+    scan = ["scan", "--train", str(task_files[0]), "--test", str(task_files[1]), "-m", "tiny", "--dtype", "bf16"]
+    with pytest.raises(Captured):
+        main([*scan, *ray])
+    assert seen["scan"]["dtype"] == "bf16" and seen["scan"]["ray_options"].num_actors == 3

@@ -13,6 +13,7 @@ from conftest import SENTENCES
 
 from lafusion_st import FusedSentenceTransformer, build_fused_model
 from lafusion_st.cli import main as cli_main
+from lafusion_st.errors import InvalidArgumentError
 from lafusion_st.modules import MultiModelFuse
 from lafusion_st.registry import resolve_model
 from lafusion_st.saved_folder import UntrustedModuleError
@@ -118,6 +119,15 @@ def test_saved_names_that_leave_the_folder_are_refused_on_load(saved_single, sav
     (single / "modules.json").write_text(json.dumps(entries))
     with pytest.raises(ValueError, match="leads outside"):
         FusedSentenceTransformer(str(single))
+
+
+def test_malformed_modules_json_is_a_user_error(saved_single, tmp_path) -> None:
+    """A LafusionError, so the command prints one line instead of a traceback."""
+    single = _copy(saved_single, tmp_path)
+    for text, match in (("[{", "not valid JSON"), ('{"path": ""}', "must hold a list of module entries")):
+        (single / "modules.json").write_text(text)
+        with pytest.raises(InvalidArgumentError, match=match):
+            FusedSentenceTransformer(str(single))
 
 
 # ------------------------------------------------------------------------------------------- item 3

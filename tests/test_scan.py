@@ -123,7 +123,7 @@ def test_interrupted_scan_resumes_from_finished_chunks(tiny_models: dict[str, st
             show_progress_bar=False,
         )
     partial = next((tmp_path / "cache").glob("*.partial"))
-    assert len(list(partial.glob("chunk_*.safetensors"))) == 2
+    assert len(list(partial.glob("sorted_*.safetensors"))) == 2
 
     forward_calls.clear()
     forward_calls.fail_after = None
@@ -174,7 +174,7 @@ def test_corrupt_chunk_is_recomputed(tiny_models: dict[str, str], tmp_path, forw
     forward_calls.fail_after = 2
     with pytest.raises(KeyboardInterrupt):
         scan(tiny_models["llama"], TEXTS, cache_dir=tmp_path, batch_size=2, chunk_size=4, show_progress_bar=False)
-    chunk = next(tmp_path.glob("*.partial/chunk_*.safetensors"))
+    chunk = next(tmp_path.glob("*.partial/sorted_*.safetensors"))
     chunk.write_bytes(b"garbage")
     forward_calls.clear()
     forward_calls.fail_after = None
@@ -280,36 +280,64 @@ import sys, time
 from pathlib import Path
 import numpy as np
 from lafusion_st.scan import scan
-model, cache, out, texts = sys.argv[1], sys.argv[2], Path(sys.argv[3]), [f"the movie {i} was good" for i in range(48)]
+model, cache, out, texts = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4:]
 (out.parent / (out.name + ".ready")).touch()
 while not (out.parent / "go").exists():
     time.sleep(0.02)
 vectors = scan(model, texts, ("mean", "last"), cache_dir=cache, batch_size=4, chunk_size=8, show_progress_bar=False)
 np.save(out, np.stack([vectors["mean"].vectors, vectors["last"].vectors]))
 """
+CONCURRENT_TEXTS = [f"the movie {index} was good" for index in range(48)]
 
 
 def test_two_processes_scanning_the_same_texts_both_finish(tiny_models: dict[str, str], tmp_path) -> None:
-    """Item 10: a lock per entry; the second process waits and reads the first one's entry."""
+    """Item 10: a lock per entry; the second process waits and reads the first one's entry.
+
+    The second process is this one: only one interpreter has to import torch and sentence-transformers."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
     }
-    outputs = [tmp_path / f"out{index}.npy" for index in range(2)]
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", _CONCURRENT_SCAN, tiny_models["llama"], str(tmp_path / "cache"), str(out)],
-            env=env,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for out in outputs
-    ]
+    out = tmp_path / "out.npy"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _CONCURRENT_SCAN,
+            tiny_models["llama"],
+            str(tmp_path / "cache"),
+            str(out),
+            *CONCURRENT_TEXTS,
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
-    while not all(out.with_name(out.name + ".ready").exists() for out in outputs) and time.monotonic() < deadline:
+    while not out.with_name(out.name + ".ready").exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
     (tmp_path / "go").touch()
-    errors = [process.communicate(timeout=180)[1] for process in processes]
-    assert [process.returncode for process in processes] == [0, 0], errors
-    np.testing.assert_array_equal(np.load(outputs[0]), np.load(outputs[1]))
+    vectors = scan(
+        tiny_models["llama"],
+        CONCURRENT_TEXTS,
+        ("mean", "last"),
+        cache_dir=tmp_path / "cache",
+        batch_size=4,
+        chunk_size=8,
+        show_progress_bar=False,
+    )
+    errors = process.communicate(timeout=180)[1]
+    assert process.returncode == 0, errors
+    np.testing.assert_array_equal(np.load(out), np.stack([vectors["mean"].vectors, vectors["last"].vectors]))
     assert not list((tmp_path / "cache").glob("*.partial")) and not list((tmp_path / "cache").glob("*.tmp"))
+
+
+def test_batches_sort_the_whole_input_by_token_count(tiny_models: dict[str, str], tmp_path) -> None:
+    texts = [*TEXTS, *reversed(TEXTS)]  # 18 texts: 5 chunks of 4, the long ones spread over all of them
+    scanner = _scanner(tiny_models["llama"], tmp_path, batch_size=3, chunk_size=4)
+    lengths = np.array([len(ids) for ids in scanner.module.tokenizer(texts)["input_ids"]])
+    batches = scanner.batches(texts)
+    order = np.concatenate(batches)
+    assert sorted(order.tolist()) == list(range(len(texts)))
+    assert (np.diff(lengths[order]) <= 0).all()  # longest first across chunk boundaries
+    assert [len(batch) for batch in batches] == [3, 1, 3, 1, 3, 1, 3, 1, 2]  # batches never straddle chunks

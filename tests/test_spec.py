@@ -114,3 +114,17 @@ def test_built_and_saved_embedder_records_its_resolved_spec(tiny_models: dict[st
     previous = FusedSentenceTransformer(str(old))
     assert previous.spec is None
     np.testing.assert_array_equal(previous.encode(["good film"]), model.encode(["good film"]))
+
+
+def test_dtype_is_named_only_when_not_fp32_and_reaches_scan_and_run_settings() -> None:
+    base = EmbedderSpec("m", [1, 3])
+    assert base.dtype == "fp32" and "fp32" not in base.name
+    assert EmbedderSpec("m", [1, 3], dtype="bf16").name == base.name + "__bf16"
+    assert EmbedderSpec.from_dict({**base.to_dict(), "dtype": "bf16"}).dtype == "bf16"
+    assert EmbedderSpec.from_dict({"models": ["m"], "layers": [[1]]}).dtype == "fp32"  # specs written before dtype
+    with pytest.raises(InvalidArgumentError, match="dtype"):
+        EmbedderSpec("m", [1], dtype="int8")
+    settings = RunSettings(dtype="bf16")
+    assert settings.scan.dtype == "bf16" and settings.spec(["m"], [[1]]).dtype == "bf16"
+    with pytest.raises(InvalidArgumentError, match="dtype"):
+        ScanSettings(dtype="half")

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from lafusion_st.fusion import FusionMode
+from lafusion_st.errors import InvalidArgumentError, MissingFileError
+from lafusion_st.modes import FusionMode
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -30,15 +31,15 @@ def init_fusion_weights(
         name: The argument's name (``layer_weights``, ``model_weights``), used in errors and as the tensor name.
 
     Raises:
-        ValueError: Weights given for another mode, or not ``count`` of them.
+        InvalidArgumentError: (a ``ValueError``) Weights given for another mode, or not ``count`` of them.
     """
     if fusion != "weighted":
         if weights is not None:
-            raise ValueError(f"{name} are only used with fusion='weighted', not {fusion!r}.")
+            raise InvalidArgumentError(f"{name} are only used with fusion='weighted', not {fusion!r}.")
         return None
     initial = list(weights) if weights is not None else [1.0 / count] * count
     if len(initial) != count:
-        raise ValueError(f"Got {len(initial)} {name} for {count} fused vectors.")
+        raise InvalidArgumentError(f"Got {len(initial)} {name} for {count} fused vectors.")
     return torch.nn.Parameter(torch.tensor([float(weight) for weight in initial]))
 
 
@@ -52,15 +53,15 @@ def load_fusion_weights(fusion: str, name: str, folder: str) -> list[float] | No
     """The weights saved by :func:`save_fusion_weights` when ``fusion == "weighted"``, else ``None``.
 
     Raises:
-        FileNotFoundError: ``fusion`` is ``weighted`` but the file is missing.
-        ValueError: The file lacks the tensor ``name``.
+        MissingFileError: (a ``FileNotFoundError``) ``fusion`` is ``weighted`` but the file is missing.
+        InvalidArgumentError: (a ``ValueError``) The file lacks the tensor ``name``.
     """
     if fusion != "weighted":
         return None
     path = os.path.join(folder, WEIGHTS_FILE)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"fusion='weighted' but the weights file {path} is missing.")
+        raise MissingFileError(f"fusion='weighted' but the weights file {path} is missing.")
     tensors = load_file(path)
     if name not in tensors:
-        raise ValueError(f"{path} holds no tensor {name!r} (found {sorted(tensors)}).")
+        raise InvalidArgumentError(f"{path} holds no tensor {name!r} (found {sorted(tensors)}).")
     return tensors[name].tolist()

@@ -15,6 +15,9 @@ by ``SentenceTransformer(path)``. What it adds:
 * **Decoder tokenizer pitfalls.** A missing pad token is set to EOS (said in a log message);
   ``position_ids`` are derived from the attention mask so left and right padding give the same vectors,
   also for absolute-position models such as GPT-2.
+* **Precision.** ``dtype`` (``fp32``, ``bf16``, ``fp16``) is a setting of the forward pass, run under
+  ``torch.autocast`` (see :mod:`lafusion_st.precision`): weights stay float32 in memory and on disk, hidden
+  states come out float32, and ONNX export traces in float32 whatever the setting.
 * **Bad input.** Non-string items raise ``TypeError``. A text that tokenizes to zero tokens (the empty
   string for most decoder tokenizers, and whatever else a tokenizer drops entirely, such as whitespace
   for some) is encoded as the tokenizer's BOS token (EOS if it has none): the model's state for "no
@@ -24,13 +27,17 @@ by ``SentenceTransformer(path)``. What it adds:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from lafusion_st._compat import OUTPUT_RECORDING_REGISTRY, Transformer
+from lafusion_st.modes import Dtype
+from lafusion_st.precision import autocast, check_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +59,14 @@ class TruncatedTransformer(Transformer):
             so a reloaded truncated folder knows its last state must stay un-normalised.
         source_model: The model folder this backbone was first loaded from; set automatically and saved, so
             that a saved embedder passed where a model is expected can name the model to pass instead.
+        dtype: Compute precision of the forward pass (saved with the module, so an embedder reproduces the
+            precision of the scan it was chosen from). fp16 on CPU and bf16 without native support are
+            refused when the forward pass runs.
         **transformer_kwargs: Passed to ``sentence_transformers`` ``Transformer`` (``max_seq_length``,
             ``model_kwargs``, ``processor_kwargs``, ``config_kwargs``, ...).
     """
 
-    config_keys: list[str] = [*Transformer.config_keys, "num_layers", "source_num_layers", "source_model"]
+    config_keys: list[str] = [*Transformer.config_keys, "num_layers", "source_num_layers", "source_model", "dtype"]
 
     def __init__(
         self,
@@ -65,8 +75,10 @@ class TruncatedTransformer(Transformer):
         num_layers: int | None = None,
         source_num_layers: int | None = None,
         source_model: str | None = None,
+        dtype: Dtype = "fp32",
         **transformer_kwargs: Any,
     ) -> None:
+        self.dtype = check_dtype(dtype)
         config_kwargs = dict(transformer_kwargs.pop("config_kwargs", None) or {})
         config_kwargs["output_hidden_states"] = True
         transformer_kwargs.setdefault("modality_config", TEXT_ONLY_MODALITY)
@@ -194,7 +206,15 @@ class TruncatedTransformer(Transformer):
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         if "position_ids" not in features and "attention_mask" in features and self._takes_position_ids:
             features["position_ids"] = position_ids_from_mask(features["attention_mask"])
-        return super().forward(features, **kwargs)
+        if self.dtype == "fp32" or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+            return super().forward(features, **kwargs)
+        with autocast(self.dtype, features["input_ids"].device):
+            features = super().forward(features, **kwargs)
+        for name in ("token_embeddings", "all_layer_embeddings"):
+            if name in features:
+                value = features[name]
+                features[name] = value.float() if torch.is_tensor(value) else tuple(state.float() for state in value)
+        return features
 
     def __getstate__(self) -> dict[str, Any]:
         """Drop transformers 5's hidden-state recording hooks before pickling (multi-process pools).
@@ -231,11 +251,13 @@ class TruncatedTransformer(Transformer):
             "num_layers": self.num_layers,
             "source_num_layers": self.source_num_layers,
             "source_model": self.source_model,
+            "dtype": self.dtype,
         }
 
     def __repr__(self) -> str:
         return (
             f"TruncatedTransformer(num_layers={self.num_layers}, source_num_layers={self.source_num_layers}, "
+            f"dtype={self.dtype}, "
             f"architecture={type(self.auto_model).__name__})"
         )
 
@@ -295,3 +317,18 @@ def _return_input(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -
     """Forward hook that discards a module's output (a named function, so the model stays picklable
     for sentence-transformers' multi-process pools)."""
     return args[0]
+
+
+@contextlib.contextmanager
+def float32_forward(model: torch.nn.Module) -> Iterator[None]:
+    """Run every :class:`TruncatedTransformer` inside ``model`` in fp32 for the duration (ONNX export traces and
+    validates in float32 whatever precision the embedder computes in), then restore their settings."""
+    backbones = [module for module in model.modules() if isinstance(module, TruncatedTransformer)]
+    saved = [backbone.dtype for backbone in backbones]
+    for backbone in backbones:
+        backbone.dtype = "fp32"
+    try:
+        yield
+    finally:
+        for backbone, dtype in zip(backbones, saved, strict=True):
+            backbone.dtype = dtype

@@ -1,0 +1,212 @@
+"""Item 6 evidence: which head earns its cost? Logistic vs the paper's MLP, and for the SmolLM2 + Gemma3 pair
+concat vs the Hadamard- and sum-residual fusion heads.
+
+Run:  nice .venv/bin/python eval/classifier_heads.py [--datasets sst2 mr] [--pair-datasets sst2]
+      [--embed mr] [--output eval/classifier]
+
+Data: the stratified (seed 0) subsamples of eval/RESULTS.md (SST-2/MR 1000 train / 500 test, R8/R52
+500/300). Features: each model's layers chosen by CV on the training subsample in
+``eval/selection/<dataset>/report.json`` (greedy layers, mean pooling), read from the scan cache or
+computed by the built embedder (``--embed``); both are the vectors ``FusedClassifier`` sees (``lafusion run``
+checks the embedder against the scan).
+Every head is fit on the training subsample only (the MLP heads carve their early-stopping split out of
+it) and scored once on the test subsample. Reported per head: test accuracy with a 95% percentile
+bootstrap interval (2000 resamples of the test texts, seed 0), macro-F1, an exact McNemar test against
+the logistic head on the same features (p-values Holm-adjusted within each dataset), and the fit time
+(wall clock; the embedding cost is the same for every head and excluded). The intervals and tests are
+computed here with numpy/scipy (``lafusion_st.stats`` was not on main when this was written).
+
+Models are SmolLM2-135M and Gemma-3-270m from 4-bit GGUF releases, de-quantized to fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import binomtest
+from sklearn.metrics import f1_score
+
+from lafusion_st import build_fused_model
+from lafusion_st.data import load_bundled
+from lafusion_st.heads import HadamardResidualHead, LogisticHead, MLPHead, SumResidualHead
+from lafusion_st.scan import scan_task
+
+SIZES = {"sst2": (1000, 500), "mr": (1000, 500), "r8": (500, 300), "r52": (500, 300)}
+SINGLE = "smollm2-135m"
+PAIR = ["smollm2-135m", "gemma3-270m"]
+BOOTSTRAP = 2000
+
+
+def chosen_layers(task: str, model: str, selection_folder: Path) -> list[int]:
+    report = json.loads((selection_folder / task / "report.json").read_text())
+    return list(report["selections"][model]["chosen"])
+
+
+def features(task: str, models: list[str], selection_folder: Path, embed: bool = False):
+    """Train/test features of ``models`` at their chosen layers: from the scan cache, or (``embed``) from the
+    built, truncated embedder, which costs less than a scan of every layer when nothing is cached."""
+    max_train, max_test = SIZES[task]
+    train = load_bundled(task, "train").subsample(max_train, seed=0)
+    test = load_bundled(task, "test").subsample(max_test, seed=0)
+    layers = {model: chosen_layers(task, model, selection_folder) for model in models}
+    if embed:
+        embedders = [build_fused_model(m, layers=layers[m], max_seq_length=256) for m in models]
+        x_train = [embedder.encode(train.texts, batch_size=32) for embedder in embedders]
+        x_test = [embedder.encode(test.texts, batch_size=32) for embedder in embedders]
+    else:
+        scans = scan_task(models, train.texts, test.texts, poolings=["mean"], max_seq_length=256)
+        x_train = [scans.train[m]["mean"].concat(layers[m]) for m in models]
+        x_test = [scans.test[m]["mean"].concat(layers[m]) for m in models]
+    dims = tuple(block.shape[1] for block in x_train)
+    return (
+        np.concatenate(x_train, axis=1),
+        np.asarray(train.labels),
+        np.concatenate(x_test, axis=1),
+        np.asarray(test.labels),
+        dims,
+        layers,
+    )
+
+
+def bootstrap_interval(correct: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    means = correct[rng.integers(0, len(correct), size=(BOOTSTRAP, len(correct)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def mcnemar(reference: np.ndarray, other: np.ndarray) -> float:
+    """Exact (binomial) McNemar p-value on the discordant pairs of two classifiers' correctness."""
+    only_reference, only_other = int(np.sum(reference & ~other)), int(np.sum(~reference & other))
+    if only_reference + only_other == 0:
+        return 1.0
+    return float(binomtest(only_other, only_reference + only_other, 0.5).pvalue)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    order = np.argsort(p_values)
+    adjusted, running = np.empty(len(p_values)), 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted.tolist()
+
+
+def evaluate(name, head, x_train, y_train, x_test, y_test, dims) -> dict:
+    start, cpu = time.perf_counter(), time.process_time()
+    head.fit(x_train, y_train, member_dims=dims)
+    fit_seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+    predicted = head.predict(x_test)
+    correct = predicted == y_test
+    low, high = bootstrap_interval(correct)
+    row = {
+        "configuration": name,
+        "head": type(head).__name__,
+        "accuracy": float(correct.mean()),
+        "ci95": [low, high],
+        "macro_f1": float(f1_score(y_test, predicted, average="macro", zero_division=0)),
+        "fit_seconds": fit_seconds,
+        "fit_cpu_seconds": cpu_seconds,
+        "fitted": head._fitted_summary(),
+        "correct": correct.tolist(),
+    }
+    print(f"  {name:<48} acc {row['accuracy']:.4f} [{low:.3f}, {high:.3f}]  fit {fit_seconds:6.1f} s", flush=True)
+    return row
+
+
+def run_dataset(task: str, with_pair: bool, selection_folder: Path, embed: bool) -> list[dict]:
+    rows = []
+    x_train, y_train, x_test, y_test, dims, layers = features(task, [SINGLE], selection_folder, embed)
+    label = f"{SINGLE} {layers[SINGLE]}"
+    print(f"{task}: {len(y_train)} train / {len(y_test)} test, {x_train.shape[1]} features", flush=True)
+    single = [
+        evaluate(f"{label} + logistic", LogisticHead(), x_train, y_train, x_test, y_test, dims),
+        evaluate(f"{label} + MLP", MLPHead(), x_train, y_train, x_test, y_test, dims),
+    ]
+    rows += _compare(single)
+    if with_pair:
+        x_train, y_train, x_test, y_test, dims, layers = features(task, PAIR, selection_folder)
+        label = " + ".join(f"{m} {layers[m]}" for m in PAIR)
+        pair = [
+            evaluate(f"{label}, concat + logistic", LogisticHead(), x_train, y_train, x_test, y_test, dims),
+            evaluate(f"{label}, concat + MLP", MLPHead(), x_train, y_train, x_test, y_test, dims),
+            evaluate(f"{label}, Hadamard residual", HadamardResidualHead(), x_train, y_train, x_test, y_test, dims),
+            evaluate(f"{label}, sum residual", SumResidualHead(), x_train, y_train, x_test, y_test, dims),
+        ]
+        rows += _compare(pair)
+    adjusted = holm([row["mcnemar_p"] for row in rows if row["mcnemar_p"] is not None])
+    for row in (row for row in rows if row["mcnemar_p"] is not None):
+        row["mcnemar_p_holm"] = adjusted.pop(0)
+    for row in rows:
+        row["dataset"] = task
+        row["num_train"], row["num_test"] = len(y_train), len(y_test)
+    return rows
+
+
+def _compare(group: list[dict]) -> list[dict]:
+    """Paired test of every head against the group's first (logistic) head on the same features."""
+    reference = np.asarray(group[0]["correct"])
+    for row in group:
+        row["delta_vs_logistic"] = row["accuracy"] - group[0]["accuracy"]
+        row["mcnemar_p"] = None if row is group[0] else mcnemar(reference, np.asarray(row["correct"]))
+    return group
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| dataset | features + head | test acc. [95% CI] | macro-F1 | Δ vs logistic | McNemar p (Holm) | fit time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        low, high = row["ci95"]
+        p = "-" if row["mcnemar_p"] is None else f"{row['mcnemar_p']:.3g} ({row['mcnemar_p_holm']:.3g})"
+        delta = "-" if row["mcnemar_p"] is None else f"{100 * row['delta_vs_logistic']:+.1f}"
+        lines.append(
+            f"| {row['dataset']} | {row['configuration']} | {100 * row['accuracy']:.1f} [{100 * low:.1f}, "
+            f"{100 * high:.1f}] | {100 * row['macro_f1']:.1f} | {delta} | {p} | {row['fit_seconds']:.1f} s |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["sst2", "mr"], choices=sorted(SIZES))
+    parser.add_argument("--pair-datasets", nargs="*", default=["sst2"], choices=sorted(SIZES))
+    parser.add_argument(
+        "--embed",
+        nargs="*",
+        default=[],
+        choices=sorted(SIZES),
+        help="datasets whose single-model features come "
+        "from the truncated embedder instead of the scan cache (cheaper when they are not scanned yet)",
+    )
+    parser.add_argument("--selection-folder", type=Path, default=Path("eval/selection"))
+    parser.add_argument("--output", type=Path, default=Path("eval/classifier"))
+    parser.add_argument("--overwrite", action="store_true", help="recompute datasets whose results exist")
+    args = parser.parse_args(argv)
+    args.output.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for task in args.datasets:
+        path = args.output / f"heads_{task}.json"
+        if path.is_file() and not args.overwrite:
+            print(f"{task}: reusing {path} (--overwrite to recompute)")
+            rows += json.loads(path.read_text())
+            continue
+        task_rows = run_dataset(task, task in args.pair_datasets, args.selection_folder, task in args.embed)
+        path.write_text("[\n" + ",\n".join(json.dumps(row) for row in task_rows) + "\n]\n")  # a row a line
+        rows += task_rows
+    print()
+    print(table(rows))
+    (args.output / "heads.md").write_text(
+        f"Command: `python eval/classifier_heads.py --datasets {' '.join(args.datasets)} --pair-datasets "
+        f"{' '.join(args.pair_datasets)} --embed {' '.join(args.embed)}`\n\n{table(rows)}\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
