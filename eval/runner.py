@@ -116,6 +116,7 @@ class Plan:
     seed: int
     batch_size: int
     cost_texts: int
+    selection_folder: Path
     configurations: tuple[Configuration, ...] = field(default_factory=tuple)
 
     def tasks(self, dataset: str) -> list:
@@ -135,9 +136,11 @@ class Plan:
         )
 
     def missing(self, configuration: Configuration, revision: str) -> bool:
-        """Whether some protocol's result of the configuration's own revision is not on disk yet."""
+        """Whether some protocol's result of the configuration's own revision is not on disk yet, or the
+        per-text predictions of a single-experiment (paper) task, which its interval and tests need."""
         return not all(
             self.result_path(configuration.name, revision, task.metadata.name)
+            and (task.n_experiments > 1 or self.prediction_path(configuration.name, revision, task))
             for task in self.tasks(configuration.dataset)
         )
 
@@ -147,20 +150,26 @@ class Plan:
         path = self.results_folder / "results" / name.replace("/", "__") / revision / f"{task_name}.json"
         return path if path.is_file() else None
 
+    def prediction_folder(self, name: str, revision: str) -> Path:
+        """Where MTEB writes a configuration's per-text test predictions (one folder per configuration and
+        revision: MTEB names the files by task only)."""
+        return self.results_folder / "predictions" / name.replace("/", "__") / revision
+
+    def prediction_path(self, name: str, revision: str, task) -> Path | None:
+        """The per-text predictions of a configuration's revision on a task, or ``None``."""
+        path = self.prediction_folder(name, revision) / task.prediction_file_name
+        return path if path.is_file() else None
+
     def cost_path(self, name: str) -> Path:
         return self.results_folder / "costs" / f"{name.replace('/', '__')}.json"
 
 
-def load_plan(path: str | Path, datasets: Sequence[str] | None = None, only: Sequence[str] | None = None) -> Plan:
-    """Read a configuration file, resolving every configuration's layers on every dataset it runs on.
-
-    Args:
-        path: The JSON file.
-        datasets: Run only these datasets (default: the file's).
-        only: Keep only the configurations with these MTEB names.
+def load_data_plan(path: str | Path, datasets: Sequence[str] | None = None) -> Plan:
+    """Read a configuration file's data settings (datasets, sizes, folders) without its configurations, which
+    need the layer selection that ``eval/selection_runs.py`` makes from these same settings.
 
     Raises:
-        ValueError: An unknown dataset or protocol, layers missing for a dataset, or an invalid layer.
+        ValueError: An unknown dataset or protocol.
     """
     raw = json.loads(Path(path).read_text())
     chosen = tuple(datasets or raw["datasets"])
@@ -175,19 +184,6 @@ def load_plan(path: str | Path, datasets: Sequence[str] | None = None, only: Seq
         dataset: tuple(subsample.get(dataset, {}).get(key, subsample.get(key)) for key in ("max_train", "max_test"))
         for dataset in chosen
     }
-    common = {"max_seq_length": raw["max_seq_length"]} if "max_seq_length" in raw else {}
-    selection_folder = REPOSITORY / raw.get("selection_folder", "eval/selection")
-    # Dataset by dataset, so that a run stopped early has whole tables for the first datasets.
-    configurations = tuple(
-        configuration
-        for dataset in chosen
-        for entry in raw["configurations"]
-        if dataset in entry.get("datasets", chosen)
-        for configuration in [_configuration(entry, dataset, selection_folder, common)]
-        if only is None or configuration.name in only
-    )
-    if only is not None and not configurations:
-        raise ValueError(f"No configuration is named {list(only)} on datasets {list(chosen)}.")
     return Plan(
         results_folder=REPOSITORY / raw.get("results_folder", "eval/results"),
         datasets=chosen,
@@ -196,8 +192,36 @@ def load_plan(path: str | Path, datasets: Sequence[str] | None = None, only: Seq
         seed=subsample.get("seed", 0),
         batch_size=raw.get("batch_size", 32),
         cost_texts=raw.get("cost_texts", 128),
-        configurations=configurations,
+        selection_folder=REPOSITORY / raw.get("selection_folder", "eval/selection"),
     )
+
+
+def load_plan(path: str | Path, datasets: Sequence[str] | None = None, only: Sequence[str] | None = None) -> Plan:
+    """Read a configuration file, resolving every configuration's layers on every dataset it runs on.
+
+    Args:
+        path: The JSON file.
+        datasets: Run only these datasets (default: the file's).
+        only: Keep only the configurations with these MTEB names.
+
+    Raises:
+        ValueError: An unknown dataset or protocol, layers missing for a dataset, or an invalid layer.
+    """
+    plan = load_data_plan(path, datasets)
+    raw = json.loads(Path(path).read_text())
+    common = {"max_seq_length": raw["max_seq_length"]} if "max_seq_length" in raw else {}
+    # Dataset by dataset, so that a run stopped early has whole tables for the first datasets.
+    configurations = tuple(
+        configuration
+        for dataset in plan.datasets
+        for entry in raw["configurations"]
+        if dataset in entry.get("datasets", plan.datasets)
+        for configuration in [_configuration(entry, dataset, plan.selection_folder, common)]
+        if only is None or configuration.name in only
+    )
+    if only is not None and not configurations:
+        raise ValueError(f"No configuration is named {list(only)} on datasets {list(plan.datasets)}.")
+    return dataclasses.replace(plan, configurations=configurations)
 
 
 def selected_layers(selection_folder: Path, dataset: str, model: str, choice: str) -> list[int]:
@@ -300,6 +324,8 @@ def run_evaluations(plan: Plan, overwrite: bool = False, log=print) -> None:
         if not overwrite and not plan.missing(configuration, meta.revision):
             log(f"cached   {configuration.name} on {configuration.dataset}")
             continue
+        # Something is missing: all protocols are recomputed (from the scans, in seconds) so that the results
+        # and the per-text predictions always come from the same run.
         if configuration.dataset != dataset:  # texts differ between datasets: drop the last dataset's scans
             dataset, scans = configuration.dataset, {}
         start = time.perf_counter()
@@ -309,7 +335,8 @@ def run_evaluations(plan: Plan, overwrite: bool = False, log=print) -> None:
             plan.results_folder,
             meta=meta,
             batch_size=plan.batch_size,
-            overwrite=overwrite,
+            overwrite=True,
+            prediction_folder=plan.prediction_folder(configuration.name, meta.revision),
         )
         scores = ", ".join(f"{r.task_name}={r.get_score():.4f}" for r in result.task_results)
         log(

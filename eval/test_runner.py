@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from runner import Configuration, Plan
 
 from lafusion_st.spec import EmbedderSpec
@@ -12,7 +13,7 @@ from lafusion_st.spec import EmbedderSpec
 def test_results_of_another_revision_are_not_taken_for_this_one(tmp_path: Path) -> None:
     spec = EmbedderSpec("smollm2-135m", [30])
     configuration = Configuration("sst2", "last layer", spec.name, spec=spec)
-    plan = Plan(tmp_path, ("sst2",), ("paper",), {"sst2": (40, 20)}, 0, 32, 8, (configuration,))
+    plan = Plan(tmp_path, ("sst2",), ("paper",), {"sst2": (40, 20)}, 0, 32, 8, tmp_path, (configuration,))
     (task,) = plan.tasks("sst2")
     folder = tmp_path / "results" / spec.name.replace("/", "__")
     (folder / "0ther0revision00").mkdir(parents=True)
@@ -22,4 +23,36 @@ def test_results_of_another_revision_are_not_taken_for_this_one(tmp_path: Path) 
     (folder / "158f638fe5a26827").mkdir()
     (folder / "158f638fe5a26827" / f"{task.metadata.name}.json").write_text("{}")
     assert plan.result_path(spec.name, "158f638fe5a26827", task.metadata.name) is not None
+    # The paper protocol's interval and paired tests need its per-text predictions of the same revision.
+    assert plan.missing(configuration, "158f638fe5a26827")
+    predictions = plan.prediction_folder(spec.name, "158f638fe5a26827")
+    predictions.mkdir(parents=True)
+    (predictions / task.prediction_file_name).write_text("{}")
     assert not plan.missing(configuration, "158f638fe5a26827")
+
+
+def test_comparison_table_pairs_the_stated_comparisons_with_holm() -> None:
+    from make_tables import comparison_table
+
+    def row(role: str, models: str, embedder: str, correct: list[bool]) -> dict:
+        return {"role": role, "models": models, "embedder": embedder, "correct": np.array(correct)}
+
+    right, wrong = [True] * 30, [False] * 30
+    rows = [
+        row("last layer", "m", "m-last", wrong + right),
+        row("best single layer", "m", "m-best", right + right),
+        row("fused layers", "m", "m-fused", right + right),
+        row("baseline", "b", "b", right + wrong),
+    ]
+    lines = comparison_table(rows)
+    body = [line for line in lines if line.startswith("| m")]
+    assert [line.split(" | ")[0] for line in body] == [
+        "| m: fused layers vs last layer",
+        "| m: fused layers vs best single layer",
+        "| m: fused layers vs b",
+    ]
+    # 30 discordant texts all one way: exact McNemar p = 2 * 0.5**30, twice (vs last, vs b); Holm: 3 * p for both.
+    last = body[0].split(" | ")
+    assert last[1:5] == ["+50.0", "30/0", f"{2 * 0.5**30:.3g}", f"{3 * 2 * 0.5**30:.3g}"]
+    assert last[5].startswith("a better")
+    assert body[1].split(" | ")[1:3] == ["+0.0", "0/0"] and "no significant" in body[1]

@@ -1,0 +1,86 @@
+"""Full-data evidence, one dataset per command: selection, both MTEB protocols, costs and the heads table.
+
+Run:  nohup .venv/bin/python eval/full_data.py DATASET > full_DATASET.log 2>&1 &
+
+``DATASET`` is one of sst2, mr, r8, r52. The data settings are those of ``eval/configs_full.json`` (whole
+splits; SST-2 keeps 20,000 stratified training phrases and its whole test split). The steps, each a
+separate script that can also be run alone, in this order:
+
+1. ``eval/selection_runs.py``: scans SmolLM2-135M, Gemma3-270M and MiniLM-L6 over every layer and
+   candidate pooling, chooses layers, pooling and models by CV on the training split only, scores the test
+   split with 95% intervals and Holm-corrected McNemar tests, and the oracle gap (``eval/full/DATASET``).
+2. ``eval/make_tables.py``: both MTEB protocols for every configuration of the config file, from the same
+   scans, the cost columns, and the tables (``eval/results_full``, and between the ``full-tables`` markers
+   of eval/RESULTS.md).
+3. ``eval/classifier_heads.py``: the logistic, MLP and (for the two LLMs) residual fusion heads on the
+   chosen layers (``eval/full/classifier``).
+
+Resumable: a step whose outputs are there is skipped (the selection when ``eval/full/DATASET/summary.json``
+exists, the MTEB results per configuration, the heads per dataset), so a run that stopped is restarted with
+the same command. Nothing depends on a scan cache being there: a missing scan is recomputed (that is what
+makes a step slow, not wrong). The wall time of each step and the settings are written to
+``eval/full/DATASET/run.json``; commit ``eval/full``, ``eval/results_full`` and eval/RESULTS.md when it ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from runner import REPOSITORY, load_data_plan
+
+CONFIG = REPOSITORY / "eval" / "configs_full.json"
+EVAL = REPOSITORY / "eval"
+
+
+def steps(dataset: str, selection_done: bool) -> list[tuple[str, list[str]]]:
+    """``(name, command)`` of the steps still to run for ``dataset``."""
+    python = [sys.executable]
+    planned = [] if selection_done else [("selection", [str(EVAL / "selection_runs.py")])]
+    planned += [
+        ("mteb", [str(EVAL / "make_tables.py")]),
+        ("heads", [str(EVAL / "classifier_heads.py"), "--pair-datasets", dataset]),
+    ]
+    return [(name, python + command + ["--config", str(CONFIG), "--datasets", dataset]) for name, command in planned]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", choices=["sst2", "mr", "r8", "r52"])
+    args = parser.parse_args()
+    plan = load_data_plan(CONFIG, [args.dataset])
+    folder = plan.selection_folder / args.dataset
+    record_path = folder / "run.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {"steps": {}}
+    record.update(
+        dataset=args.dataset,
+        config=str(CONFIG.relative_to(REPOSITORY)),
+        train_test=[len(split) for split in plan.splits(args.dataset)],
+        cpu_count=os.cpu_count(),
+        command=f"python eval/full_data.py {args.dataset}",
+    )
+    for name, command in steps(args.dataset, (folder / "summary.json").is_file()):
+        print(f"== {name}: {' '.join(command)}", flush=True)
+        start = time.perf_counter()
+        subprocess.run(command, check=True, cwd=REPOSITORY)
+        record["steps"][name] = {
+            "seconds": round(time.perf_counter() - start, 1),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "load_average_1min": round(os.getloadavg()[0], 2),
+        }
+        folder.mkdir(parents=True, exist_ok=True)
+        record_path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        print(f"== {name}: {record['steps'][name]['seconds']:.0f} s", flush=True)
+    total = sum(step["seconds"] for step in record["steps"].values())
+    print(
+        f"{args.dataset}: done; {total / 60:.0f} min over all steps (this and earlier runs). Commit eval/full, "
+        "eval/results_full and eval/RESULTS.md."
+    )
+
+
+if __name__ == "__main__":
+    main()
