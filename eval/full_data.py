@@ -37,20 +37,27 @@ CONFIG = REPOSITORY / "eval" / "configs_full.json"
 EVAL = REPOSITORY / "eval"
 
 
-def steps(dataset: str, selection_done: bool) -> list[tuple[str, list[str]]]:
-    """``(name, command)`` of the steps still to run for ``dataset``."""
-    python = [sys.executable]
-    planned = [] if selection_done else [("selection", [str(EVAL / "selection_runs.py")])]
-    planned += [
-        ("mteb", [str(EVAL / "make_tables.py")]),
-        ("heads", [str(EVAL / "classifier_heads.py"), "--pair-datasets", dataset]),
+STEPS = ("selection", "mteb", "heads")
+
+
+def steps(dataset: str, wanted: list[str], selection_done: bool) -> list[tuple[str, list[str]]]:
+    """``(name, command)`` of the wanted steps still to run for ``dataset``, in order."""
+    scripts = {
+        "selection": [str(EVAL / "selection_runs.py")],
+        "mteb": [str(EVAL / "make_tables.py")],
+        "heads": [str(EVAL / "classifier_heads.py"), "--pair-datasets", dataset],
+    }
+    return [
+        (name, [sys.executable, *scripts[name], "--config", str(CONFIG), "--datasets", dataset])
+        for name in STEPS
+        if name in wanted and not (name == "selection" and selection_done)
     ]
-    return [(name, python + command + ["--config", str(CONFIG), "--datasets", dataset]) for name, command in planned]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", choices=["sst2", "mr", "r8", "r52"])
+    parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS), help="default: all, in order")
     args = parser.parse_args()
     plan = load_data_plan(CONFIG, [args.dataset])
     folder = plan.selection_folder / args.dataset
@@ -63,7 +70,7 @@ def main() -> None:
         cpu_count=os.cpu_count(),
         command=f"python eval/full_data.py {args.dataset}",
     )
-    for name, command in steps(args.dataset, (folder / "summary.json").is_file()):
+    for name, command in steps(args.dataset, args.steps, (folder / "summary.json").is_file()):
         print(f"== {name}: {' '.join(command)}", flush=True)
         start = time.perf_counter()
         subprocess.run(command, check=True, cwd=REPOSITORY)
