@@ -65,6 +65,8 @@ Metric = Literal["accuracy", "macro_f1"]
 METRICS: tuple[Metric, ...] = ("accuracy", "macro_f1")
 Probe = Literal["tuned", "ranking"]
 PROBES: tuple[Probe, ...] = ("tuned", "ranking")
+ClassWeight = str | dict | None
+"""scikit-learn's ``class_weight``: ``None``, ``"balanced"`` or ``{label: weight}``."""
 
 C_GRID: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 """Candidate ``C`` of the tuned probe. On SmolLM2 layers of SST-2 (1000 texts, 5 x 31 nested fits) its inner
@@ -205,7 +207,9 @@ def check_probe(probe: str) -> Probe:
     return probe  # type: ignore[return-value]
 
 
-def tuned_probe(config: ProbeConfig = ProbeConfig(), inner_folds: int | None = None) -> Pipeline:
+def tuned_probe(
+    config: ProbeConfig = ProbeConfig(), inner_folds: int | None = None, class_weight: ClassWeight = None
+) -> Pipeline:
     """An unfitted tuned probe: ``StandardScaler -> LogisticRegressionCV`` (C from ``config.Cs`` by a
     shuffled stratified ``inner_folds``-fold CV of accuracy on the data ``fit`` gets, then refit on all of it).
 
@@ -216,6 +220,8 @@ def tuned_probe(config: ProbeConfig = ProbeConfig(), inner_folds: int | None = N
         config: Probe settings.
         inner_folds: Inner folds (default ``config.inner_folds``); :func:`fit_tuned_probe` lowers it for
             tiny classes.
+        class_weight: ``None``, ``"balanced"`` or ``{label: weight}``, as in scikit-learn (weights the loss
+            of the inner CV's fits and of the refit alike).
     """
     return Pipeline(
         [
@@ -227,6 +233,7 @@ def tuned_probe(config: ProbeConfig = ProbeConfig(), inner_folds: int | None = N
                     cv=StratifiedKFold(inner_folds or config.inner_folds, shuffle=True, random_state=config.seed),
                     scoring="accuracy",
                     l1_ratios=(0.0,),
+                    class_weight=class_weight,
                     max_iter=config.max_iter,
                     tol=config.tol,
                     use_legacy_attributes=False,
@@ -237,9 +244,12 @@ def tuned_probe(config: ProbeConfig = ProbeConfig(), inner_folds: int | None = N
 
 
 def fit_tuned_probe(
-    features: np.ndarray, labels: Sequence, config: ProbeConfig = ProbeConfig()
+    features: np.ndarray, labels: Sequence, config: ProbeConfig = ProbeConfig(), *, class_weight: ClassWeight = None
 ) -> tuple[Pipeline, float]:
     """Fit the tuned probe on ``features`` and ``labels`` (training data only) and return it with its ``C``.
+
+    :class:`lafusion_st.LogisticHead` (``C=None``) is this fit, kept as a classifier; ``class_weight`` is
+    passed on to :func:`tuned_probe`.
 
     Returns:
         The fitted ``Pipeline[StandardScaler, LogisticRegressionCV]`` (``LogisticRegressionCV`` is a
@@ -250,7 +260,7 @@ def fit_tuned_probe(
         ValueError: Fewer than two classes, mismatched shapes or non-finite features.
     """
     features, labels = _as_arrays(features, labels)
-    probe, _ = _fit(features, labels, config)
+    probe, _ = _fit(features, labels, config, class_weight)
     return probe, float(probe[-1].C_)
 
 
@@ -494,10 +504,13 @@ def _one_thread_quietly() -> Iterator[None]:
         yield
 
 
-def _fit(features: np.ndarray, labels: np.ndarray, config: ProbeConfig) -> tuple[Pipeline, bool]:
+def _fit(
+    features: np.ndarray, labels: np.ndarray, config: ProbeConfig, class_weight: ClassWeight = None
+) -> tuple[Pipeline, bool]:
     """Fit the tuned probe (inner folds lowered to what the classes allow); also whether its fit converged."""
     counts = _class_counts(labels)
-    estimator = tuned_probe(config, inner_folds=max(2, min(config.inner_folds, max(counts.values()))))
+    inner_folds = max(2, min(config.inner_folds, max(counts.values())))
+    estimator = tuned_probe(config, inner_folds=inner_folds, class_weight=class_weight)
     with _one_thread_quietly():
         fitted = estimator.fit(features, labels)
     classifier = fitted[-1]  # the path's iterations at the chosen C (sklearn keeps none of the refit)

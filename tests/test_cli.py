@@ -90,9 +90,18 @@ def test_run_on_user_files_writes_report_plot_and_model(tiny_models, task_files,
         search = report["selections"][model]
         assert f"{model}: pooling {search['pooling']}, layers {search['chosen']}" in printed
         assert search["pooling"] in ("mean", "last") and search["score"]["probe"] == "tuned"
+    # model/ is the classifier whose test accuracy was printed: the tuned probe's settings (test_heads checks
+    # that LogisticHead with them is fit_tuned_probe), its C, and right on exactly the texts the probe got right
+    classifier = FusedClassifier.load(out / "model")
+    probe = ProbeConfig()
+    settings = (probe.Cs, probe.inner_folds, probe.max_iter, probe.tol, probe.seed, None)
+    head = classifier.head_
+    assert (tuple(head.Cs), head.folds, head.max_iter, head.tol, head.seed, head.C) == settings
+    assert head.C_ == report["chosen_C"][label] == expected.C
+    right = classifier.predict(test_data.texts) == np.asarray(test_data.labels)
+    np.testing.assert_array_equal(right, expected.correct)
     assert main(["predict", str(out / "model"), "great fun movie", "terrible boring movie"]) == 0
     labels = [line.split("\t")[0] for line in capsys.readouterr().out.strip().splitlines()]
-    classifier = FusedClassifier.load(out / "model")
     assert labels == classifier.predict(["great fun movie", "terrible boring movie"]).tolist()
     assert classifier.classes_.tolist() == ["neg", "pos"]
 

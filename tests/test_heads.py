@@ -8,8 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-from sklearn.model_selection import StratifiedKFold
+from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
@@ -25,6 +24,7 @@ from lafusion_st.heads import (
     make_head,
 )
 from lafusion_st.heads.network import validation_indices
+from lafusion_st.probe import ProbeConfig, fit_tuned_probe
 
 SMALL = dict(hidden_sizes=(16, 8), dropout=(0.5, 0.3), max_epochs=30, patience=5)
 """The paper's architecture at toy width, so each fit takes about a second on a busy CPU."""
@@ -79,17 +79,34 @@ def test_logistic_head_is_the_standardised_sklearn_probe():
     np.testing.assert_allclose(head.decision_function(X), reference.decision_function(scaler.transform(X)), atol=1e-4)
 
 
-def test_logistic_head_chooses_c_by_inner_cv_on_training_data():
-    X, y = blobs(n=120, classes=2)
+@pytest.mark.parametrize("classes", [2, 3])
+@pytest.mark.parametrize(
+    "params, config",
+    [
+        ({}, ProbeConfig()),
+        (dict(Cs=(0.01, 0.3, 3.0), folds=4, seed=3), ProbeConfig(Cs=(0.01, 0.3, 3.0), inner_folds=4, seed=3)),
+    ],
+    ids=["defaults", "custom"],
+)
+@pytest.mark.parametrize("class_weight", [None, "balanced"])
+def test_logistic_head_is_the_tuned_probe_of_lafusion_run(classes, params, config, class_weight):
+    """With C=None the head is fit_tuned_probe kept as arrays: same C, same labels, same probabilities."""
+    X, y = blobs(n=150, classes=classes)
     X[:, 0] += np.random.default_rng(1).normal(size=len(X)) * 400  # a noisy column: regularisation matters
-    head = LogisticHead(folds=4, seed=3).fit(X, y)
-    reference = LogisticRegressionCV(
-        Cs=list(head.Cs), l1_ratios=(0.0,), cv=StratifiedKFold(4, shuffle=True, random_state=3),
-        scoring="accuracy", max_iter=300, use_legacy_attributes=False,
-    ).fit(StandardScaler().fit_transform(X), y)  # fmt: skip
-    assert head.C_ == reference.C_
-    binary = head.decision_function(X)
-    assert binary.shape == (len(X),) and np.array_equal(binary > 0, head.predict(X) == head.classes_[1])
+    X[: 3 * classes, 1] += 2000.0  # a few outliers: C moves the boundary
+    keep = np.flatnonzero((y != 0) | (np.arange(len(y)) % 3 == 0))  # class 0 is the rare one
+    X, labels = X[keep], np.array(["neg", "pos", "mid"])[y[keep]]
+    held_out = blobs(n=90, classes=classes, seed=5)[0]
+    probe, C = fit_tuned_probe(X, labels, config, class_weight=class_weight)
+    head = LogisticHead(**params, class_weight=class_weight).fit(X, labels)
+    assert head.C_ == C
+    for data in (X, held_out):
+        assert head.predict(data).tolist() == probe.predict(data).tolist()
+        np.testing.assert_allclose(head.predict_proba(data), probe.predict_proba(data), rtol=0, atol=2e-6)
+    np.testing.assert_array_equal(head.coef_[-1], probe[-1].coef_[-1].astype(np.float32))
+    if classes == 2:
+        binary = head.decision_function(held_out)
+        assert binary.shape == (len(held_out),) and np.array_equal(binary > 0, head.predict(held_out) == "pos")
 
 
 def test_mlp_heads_are_deterministic_and_leave_the_global_rng_alone():

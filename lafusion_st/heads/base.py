@@ -94,7 +94,8 @@ class Head(ClassifierMixin, BaseEstimator):
 
     def _class_weights(self, y_index: np.ndarray) -> np.ndarray:
         """One weight per class index from ``self.class_weight`` (``None``, ``"balanced"`` or a label -> weight
-        dict), as :func:`sklearn.utils.class_weight.compute_class_weight` defines them."""
+        dict), as :func:`sklearn.utils.class_weight.compute_class_weight` defines them (float64, as scikit-learn's
+        own estimators weight their loss)."""
         class_weight = getattr(self, "class_weight", None)
         if isinstance(class_weight, dict):
             unknown = set(class_weight) - set(self.classes_.tolist())
@@ -103,7 +104,7 @@ class Head(ClassifierMixin, BaseEstimator):
                     f"class_weight names labels {sorted(unknown, key=repr)} absent from the training labels."
                 )
         labels = self.classes_[y_index]
-        return compute_class_weight(class_weight, classes=self.classes_, y=labels).astype(np.float32)
+        return compute_class_weight(class_weight, classes=self.classes_, y=labels)
 
     # ------------------------------------------------------------------------------------ checks
     def _check_features(self, X: Any) -> np.ndarray:

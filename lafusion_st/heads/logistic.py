@@ -1,9 +1,12 @@
 """LogisticHead: the tuned probe of ``lafusion run`` as a classifier you keep.
 
-Standardised features -> multinomial logistic regression, with ``C`` chosen by stratified inner
-cross-validation on the training data (``LogisticRegressionCV``) unless given. It is the probe that scores
-layers, refit on the whole training set, so the accuracy ``lafusion run`` reports is the accuracy of this
-head. Inference is a standardisation, one matrix product and a softmax, which is also its ONNX graph.
+Standardised features -> logistic regression (softmax over classes), with ``C`` chosen by stratified inner
+cross-validation on the training data unless given. With ``C=None`` the fit *is*
+:func:`lafusion_st.probe.fit_tuned_probe` (one implementation of the grid, the inner folds and the solver
+settings, whose defaults live in :class:`~lafusion_st.probe.ProbeConfig`), so the test accuracy ``lafusion
+run`` reports is the accuracy of the head it saves in ``model/``. The fitted scaler statistics and
+coefficients are kept as plain arrays: inference is a standardisation, one matrix product and a softmax,
+which is also its ONNX graph.
 """
 
 from __future__ import annotations
@@ -13,18 +16,14 @@ from collections.abc import Sequence
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-from sklearn.model_selection import StratifiedKFold
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from lafusion_st.errors import InvalidArgumentError
 from lafusion_st.heads.base import Head
-from lafusion_st.probe import usable_folds
-
-DEFAULT_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
-"""Inverse regularisation strengths tried by the inner CV: on SmolLM2/Gemma3 layer features the chosen C
-moved between 1e-2 and 1 across datasets, so the grid brackets that range by a decade each side."""
+from lafusion_st.probe import ProbeConfig, fit_tuned_probe
 
 
 class LogisticHead(Head):
@@ -32,25 +31,25 @@ class LogisticHead(Head):
 
     Args:
         C: Inverse L2 regularisation strength; ``None`` chooses it from ``Cs`` by ``folds``-fold stratified
-            CV on the training data (accuracy), as ``lafusion run``'s probe does.
-        Cs: Candidate values of ``C`` for that inner CV.
-        folds: Inner CV folds (reduced, with a warning, when classes are too small; see
-            :func:`lafusion_st.probe.usable_folds`).
+            CV on the training data (accuracy): the tuned probe of ``lafusion run``.
+        Cs: Candidate values of ``C`` for that inner CV (default: the probe's, ``ProbeConfig.Cs``).
+        folds: Inner CV folds (default: the probe's ``ProbeConfig.inner_folds``; lowered, as the probe does,
+            when no class has that many members).
         class_weight: ``None``, ``"balanced"`` or ``{label: weight}``, as in scikit-learn.
-        max_iter: L-BFGS iteration cap (see :class:`lafusion_st.probe.ProbeConfig`).
-        tol: L-BFGS tolerance.
-        seed: Seed of the inner CV's fold shuffling.
+        max_iter: L-BFGS iteration cap (default ``ProbeConfig.max_iter``).
+        tol: L-BFGS tolerance (default ``ProbeConfig.tol``).
+        seed: Seed of the inner CV's fold shuffling (``ProbeConfig.seed``; ``lafusion run`` passes its own).
     """
 
     def __init__(
         self,
         C: float | None = None,
-        Cs: Sequence[float] = DEFAULT_CS,
-        folds: int = 5,
+        Cs: Sequence[float] = ProbeConfig.Cs,
+        folds: int = ProbeConfig.inner_folds,
         class_weight: str | dict | None = None,
-        max_iter: int = 300,
-        tol: float = 1e-4,
-        seed: int = 0,
+        max_iter: int = ProbeConfig.max_iter,
+        tol: float = ProbeConfig.tol,
+        seed: int = ProbeConfig.seed,
     ) -> None:
         self.C = C
         self.Cs = Cs
@@ -65,29 +64,26 @@ class LogisticHead(Head):
             raise InvalidArgumentError(f"C must be positive or None (chosen by CV), got {self.C!r}.")
         weights = self._class_weights(y_index)
         class_weight = None if self.class_weight is None else dict(enumerate(weights.tolist()))
-        scaler = StandardScaler().fit(X)
-        Z = scaler.transform(X)
-        with warnings.catch_warnings(), threadpool_limits(limits=1):
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-            if self.C is None:
-                folds = usable_folds(self.classes_[y_index], self.folds)
-                model = LogisticRegressionCV(
-                    Cs=list(self.Cs),
-                    l1_ratios=(0.0,),
-                    cv=StratifiedKFold(folds, shuffle=True, random_state=self.seed),
-                    scoring="accuracy",
-                    class_weight=class_weight,
-                    max_iter=self.max_iter,
-                    tol=self.tol,
-                    use_legacy_attributes=False,
-                ).fit(Z, y_index)
-                self.C_ = float(model.C_)
-            else:
-                model = LogisticRegression(
-                    C=self.C, class_weight=class_weight, max_iter=self.max_iter, tol=self.tol
-                ).fit(Z, y_index)
-                self.C_ = float(self.C)
+        if self.C is None:
+            config = ProbeConfig(
+                seed=self.seed, max_iter=self.max_iter, tol=self.tol, Cs=tuple(self.Cs), inner_folds=self.folds
+            )
+            probe, self.C_ = fit_tuned_probe(X, y_index, config, class_weight=class_weight)
+        else:
+            probe = Pipeline(
+                [
+                    ("scale", StandardScaler()),
+                    (
+                        "classify",
+                        LogisticRegression(C=self.C, class_weight=class_weight, max_iter=self.max_iter, tol=self.tol),
+                    ),
+                ]
+            )
+            with warnings.catch_warnings(), threadpool_limits(limits=1):
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                probe.fit(X, y_index)
+            self.C_ = float(self.C)
+        scaler, model = probe[0], probe[-1]
         self.n_iter_ = int(np.max(model.n_iter_))
         coef, intercept = model.coef_, model.intercept_
         if len(self.classes_) == 2:  # sigmoid(z) == softmax([0, z])[1]: one form for every class count

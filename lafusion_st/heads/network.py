@@ -158,7 +158,7 @@ def _train(
     train_rows = np.setdiff1d(np.arange(len(y_index)), held_out)
     x_train, y_train = torch.from_numpy(X[train_rows]), torch.from_numpy(y_index[train_rows]).long()
     x_val, y_val = torch.from_numpy(X[held_out]), torch.from_numpy(y_index[held_out]).long()
-    loss_function = nn.CrossEntropyLoss(weight=torch.from_numpy(class_weights))
+    loss_function = nn.CrossEntropyLoss(weight=torch.from_numpy(class_weights).float())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         network = network_factory()
