@@ -10,11 +10,10 @@ Data: the stratified (seed 0) subsamples of eval/RESULTS.md (SST-2/MR 1000 train
 computed by the built embedder (``--embed``); both are the vectors ``FusedClassifier`` sees (``lafusion run``
 checks the embedder against the scan).
 Every head is fit on the training subsample only (the MLP heads carve their early-stopping split out of
-it) and scored once on the test subsample. Reported per head: test accuracy with a 95% percentile
-bootstrap interval (2000 resamples of the test texts, seed 0), macro-F1, an exact McNemar test against
-the logistic head on the same features (p-values Holm-adjusted within each dataset), and the fit time
-(wall clock; the embedding cost is the same for every head and excluded). The intervals and tests are
-computed here with numpy/scipy (``lafusion_st.stats`` was not on main when this was written).
+it) and scored once on the test subsample. Reported per head: test accuracy with its 95% percentile
+bootstrap interval over test texts, macro-F1, an exact McNemar test against the logistic head on the same
+features (p-values Holm-adjusted within each dataset), and the fit time (wall clock; the embedding cost is
+the same for every head and excluded). Intervals and tests are ``lafusion_st.stats``'s, as in ``lafusion run``.
 
 Models are SmolLM2-135M and Gemma-3-270m from 4-bit GGUF releases, de-quantized to fp32.
 """
@@ -28,18 +27,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import binomtest
 from sklearn.metrics import f1_score
 
 from lafusion_st import build_fused_model
 from lafusion_st.data import load_bundled
 from lafusion_st.heads import HadamardResidualHead, LogisticHead, MLPHead, SumResidualHead
 from lafusion_st.scan import scan_task
+from lafusion_st.stats import accuracy_interval, holm, mcnemar
 
 SIZES = {"sst2": (1000, 500), "mr": (1000, 500), "r8": (500, 300), "r52": (500, 300)}
 SINGLE = "smollm2-135m"
 PAIR = ["smollm2-135m", "gemma3-270m"]
-BOOTSTRAP = 2000
 
 
 def chosen_layers(task: str, model: str, selection_folder: Path) -> list[int]:
@@ -73,36 +71,14 @@ def features(task: str, models: list[str], selection_folder: Path, embed: bool =
     )
 
 
-def bootstrap_interval(correct: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    means = correct[rng.integers(0, len(correct), size=(BOOTSTRAP, len(correct)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def mcnemar(reference: np.ndarray, other: np.ndarray) -> float:
-    """Exact (binomial) McNemar p-value on the discordant pairs of two classifiers' correctness."""
-    only_reference, only_other = int(np.sum(reference & ~other)), int(np.sum(~reference & other))
-    if only_reference + only_other == 0:
-        return 1.0
-    return float(binomtest(only_other, only_reference + only_other, 0.5).pvalue)
-
-
-def holm(p_values: list[float]) -> list[float]:
-    order = np.argsort(p_values)
-    adjusted, running = np.empty(len(p_values)), 0.0
-    for rank, index in enumerate(order):
-        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
-        adjusted[index] = running
-    return adjusted.tolist()
-
-
 def evaluate(name, head, x_train, y_train, x_test, y_test, dims) -> dict:
     start, cpu = time.perf_counter(), time.process_time()
     head.fit(x_train, y_train, member_dims=dims)
     fit_seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     predicted = head.predict(x_test)
-    correct = predicted == y_test
-    low, high = bootstrap_interval(correct)
+    correct = np.asarray(predicted == y_test, dtype=bool)
+    interval = accuracy_interval(correct)
+    low, high = interval.low, interval.high
     row = {
         "configuration": name,
         "head": type(head).__name__,
@@ -152,7 +128,7 @@ def _compare(group: list[dict]) -> list[dict]:
     reference = np.asarray(group[0]["correct"])
     for row in group:
         row["delta_vs_logistic"] = row["accuracy"] - group[0]["accuracy"]
-        row["mcnemar_p"] = None if row is group[0] else mcnemar(reference, np.asarray(row["correct"]))
+        row["mcnemar_p"] = None if row is group[0] else mcnemar(np.asarray(row["correct"]), reference).p_value
     return group
 
 

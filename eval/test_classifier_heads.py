@@ -1,0 +1,28 @@
+"""eval/classifier_heads.py: its rows carry lafusion_st.stats's interval and paired tests, as lafusion run's do."""
+
+from __future__ import annotations
+
+import numpy as np
+from classifier_heads import _compare, evaluate
+
+from lafusion_st.heads import LogisticHead
+from lafusion_st.stats import accuracy_interval, mcnemar
+
+
+def test_rows_use_the_library_interval_and_mcnemar_test() -> None:
+    rng = np.random.default_rng(0)
+    y = np.arange(600) % 2
+    X = rng.normal(size=(600, 6)) + np.array([1.0, 0.8, 0.6, 0.2, 0.1, 0.0]) * y[:, None]  # overlapping classes
+    train, test = slice(0, 200), slice(200, 600)
+    rows = _compare(
+        [
+            evaluate(name, LogisticHead(C=1.0), X[train, columns], y[train], X[test, columns], y[test], (width,))
+            for name, columns, width in (("all columns", slice(None), 6), ("weak columns", slice(3, None), 3))
+        ]
+    )
+    reference, other = (np.asarray(row["correct"]) for row in rows)
+    assert reference.mean() > other.mean() > 0.5  # two different heads, both better than chance
+    for row, correct in zip(rows, (reference, other), strict=True):
+        interval = accuracy_interval(correct)
+        assert row["accuracy"] == correct.mean() and row["ci95"] == [interval.low, interval.high]
+    assert rows[0]["mcnemar_p"] is None and rows[1]["mcnemar_p"] == mcnemar(other, reference).p_value
