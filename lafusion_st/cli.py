@@ -57,8 +57,6 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
     import numpy as np
 
-    if args.input and not Path(args.input).is_file():
-        raise MissingFileError(f"No such file: {args.input}")
     if args.saved:
         from lafusion_st.model import FusedSentenceTransformer
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lafusion_st.errors import InvalidArgumentError, MissingFileError
+from lafusion_st.errors import InvalidArgumentError
 from onnx_export.manifest import DTYPES, MANIFEST_FILE
 from onnx_export.providers import PROVIDERS
 
@@ -24,8 +24,8 @@ OUTPUT_FORMATS = (".jsonl", ".csv", ".tsv")
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="saved FusedClassifier folder, or the folder `lafusion export` made of one")
     parser.add_argument("texts", nargs="*", help="texts to label")
-    parser.add_argument("--input", help="file of texts: one a line, or .csv/.tsv/.jsonl with --text-col")
-    parser.add_argument("--text-col", default="text", help="text column/field of a .csv/.tsv/.jsonl input")
+    parser.add_argument("--input", help="file of texts: one a line, or .jsonl/.csv/.tsv/.parquet with --text-col")
+    parser.add_argument("--text-col", default="text", help="text column/field of a .jsonl/.csv/.tsv/.parquet input")
     parser.add_argument("--output", help=f"write labels (and probabilities) to a {'/'.join(OUTPUT_FORMATS)} file")
     parser.add_argument("--proba", action="store_true", help="also give each class's probability")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -35,7 +35,11 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def predict_command(args: argparse.Namespace) -> int:
-    texts = list(args.texts) + (read_input(Path(args.input), args.text_col) if args.input else [])
+    texts = list(args.texts)
+    if args.input:  # read as `lafusion embed` reads it: the same formats and the same errors
+        from lafusion_st.text_files import read_text_table
+
+        texts += read_text_table(args.input, text_col=args.text_col).column("text").to_pylist()
     if not texts:
         raise InvalidArgumentError("give texts as arguments or --input FILE")
     if args.output and Path(args.output).suffix.lower() not in OUTPUT_FORMATS:
@@ -67,33 +71,6 @@ def load_classifier(path: Path, args: argparse.Namespace) -> Any:
         f"{path} is neither a saved classifier (modules.json + head/, as `lafusion run` writes in "
         f"model/) nor its ONNX export ({MANIFEST_FILE} + head/)."
     )
-
-
-def read_input(path: Path, text_col: str) -> list[str]:
-    """Texts of ``path``: a column/field of a .csv/.tsv/.jsonl file, else one text a line."""
-    if not path.is_file():
-        raise MissingFileError(f"no input file {path}")
-    suffix = path.suffix.lower()
-    content = path.read_text(encoding="utf-8")
-    if suffix in (".csv", ".tsv"):
-        rows = list(csv.DictReader(content.splitlines(), delimiter="\t" if suffix == ".tsv" else ","))
-        if rows and text_col not in rows[0]:
-            raise InvalidArgumentError(f"{path} has no column {text_col!r}; its columns are {list(rows[0])}")
-        return [row[text_col] for row in rows]
-    if suffix == ".jsonl":
-        texts = []
-        for number, line in enumerate(content.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InvalidArgumentError(f"{path} line {number} is not JSON ({error})") from error
-            if not isinstance(record, dict) or not isinstance(record.get(text_col), str):
-                raise InvalidArgumentError(f"{path} line {number} has no text field {text_col!r}")
-            texts.append(record[text_col])
-        return texts
-    return content.splitlines()
 
 
 def write_predictions(path: Path, texts: list[str], labels: list, classes: list, probabilities: Any) -> None:

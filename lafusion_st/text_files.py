@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from lafusion_st.errors import DataFormatError, MissingFileError
+
 TEXT_FORMATS = (".jsonl", ".ndjson", ".csv", ".tsv", ".parquet", ".txt")
 """Suffixes read by :func:`read_text_table`; any other suffix is read as plain text, one text a line."""
 
@@ -30,30 +32,38 @@ def read_text_table(path: str | Path, text_col: str = "text", id_col: str | None
         id_col: A field or column to carry into the output as ``id``; default: the row number.
 
     Raises:
-        FileNotFoundError: If ``path`` does not exist.
-        ValueError: If a named column is missing (the columns present are listed), the text column holds
-            non-strings, or a text is missing (its row is named).
+        MissingFileError: If ``path`` is not a file (a ``FileNotFoundError``).
+        DataFormatError: If the file cannot be parsed as its suffix says (or is not UTF-8), a named column is
+            missing (the columns present are listed), the text column holds non-strings, or a text is missing
+            (its row is named); a ``ValueError``.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"No input file {path}.")
+        raise MissingFileError(f"No such file: {path}")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson", ".csv", ".tsv", ".parquet"):
-        table = _read_columns(path, suffix, text_col)
+        try:
+            table = _read_columns(path, suffix, text_col)
+        except pa.ArrowInvalid as error:
+            raise DataFormatError(f"{path} cannot be read as {suffix[1:].upper()}: {error}") from error
         text = _column(table, text_col, path)
     else:
         if id_col is not None:
-            raise ValueError(f"{path} is plain text (one text a line): it has no column {id_col!r} to use as ids.")
-        lines = path.read_text(encoding="utf-8").split("\n")
+            raise DataFormatError(f"{path} is plain text (one text a line): it has no column {id_col!r} to use as ids.")
+        try:
+            content = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise DataFormatError(f"{path} is not UTF-8 text: {error}") from error
+        lines = content.split("\n")
         if lines and lines[-1] == "":
             lines.pop()
         text = pa.array([line.removesuffix("\r") for line in lines], type=pa.string())
         table = None
     if not pa.types.is_string(text.type) and not pa.types.is_large_string(text.type):
-        raise ValueError(f"{path}: column {text_col!r} holds {text.type}, not text.")
+        raise DataFormatError(f"{path}: column {text_col!r} holds {text.type}, not text.")
     if text.null_count:
         first = next(index for index, value in enumerate(text.is_null().to_pylist()) if value)
-        raise ValueError(f"{path}: row {first} has no text in column {text_col!r}.")
+        raise DataFormatError(f"{path}: row {first} has no text in column {text_col!r}.")
     rows = pa.array(range(len(text)), type=pa.int64())
     ids = _column(table, id_col, path) if id_col is not None else rows
     return pa.table({"row": rows, "id": ids, "text": text.cast(pa.string())})
@@ -83,5 +93,5 @@ def _read_columns(path: Path, suffix: str, text_col: str) -> pa.Table:
 
 def _column(table: pa.Table, name: str, path: Path) -> pa.Array:
     if name not in table.column_names:
-        raise ValueError(f"{path} has no column {name!r}; its columns are {table.column_names}.")
+        raise DataFormatError(f"{path} has no column {name!r}; its columns are {table.column_names}.")
     return table.column(name).combine_chunks()

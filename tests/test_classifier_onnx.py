@@ -79,7 +79,7 @@ def test_predict_verb_serves_saved_and_exported_classifiers(exported_pair, sst2,
         ([str(folder), "--input", str(tmp_path / "in.csv"), "--text-col", "body"], "no column 'body'"),
         ([str(folder), "fun", "--output", str(tmp_path / "out.npy")], "--output must end"),
         ([str(folder)], "give texts"),
-        ([str(folder), "--input", str(tmp_path / "missing.txt")], "no input file"),
+        ([str(folder), "--input", str(tmp_path / "missing.txt")], "No such file"),
     ]:
         assert main(["predict", *arguments]) == 2  # a user error: one line, exit status 2
         assert message in capsys.readouterr().err

@@ -140,6 +140,29 @@ def test_user_errors_print_one_line_and_exit_2_debug_shows_the_traceback(tiny_mo
         assert printed.startswith(f"lafusion {argv[0]}: error: ") and message in printed and printed.count("\n") == 1
 
 
+def test_embed_and_predict_read_input_files_alike(tiny_models, tmp_path, capsys) -> None:
+    """`predict --input` is `embed --input`: the same reader, so the same one-line errors (exit status 2)."""
+    (tmp_path / "texts.csv").write_text("body,score\nfun,1\n")
+    (tmp_path / "broken.jsonl").write_text('{"text": "fun"}\n{"text": \n')
+    (tmp_path / "numbers.jsonl").write_text('{"text": 1}\n')
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    cases = {
+        "missing.txt": "No such file: ",
+        "texts.csv": "has no column 'text'; its columns are ['body', 'score']",
+        "broken.jsonl": "cannot be read as JSONL",
+        "numbers.jsonl": "holds int64, not text",
+        "latin1.txt": "is not UTF-8 text",
+    }
+    for name, message in cases.items():
+        errors = []
+        for verb in (["embed", "-m", tiny_models["llama"], "-l", "1"], ["predict", str(tmp_path / "no-model")]):
+            assert main([*verb, "--input", str(tmp_path / name)]) == 2, (verb, name)
+            printed = capsys.readouterr().err
+            assert printed.startswith(f"lafusion {verb[0]}: error: ") and printed.count("\n") == 1
+            errors.append(printed.removeprefix(f"lafusion {verb[0]}: error: "))
+        assert errors[0] == errors[1] and message in errors[0], name
+
+
 def test_other_exceptions_keep_their_traceback(tiny_models, monkeypatch) -> None:
     monkeypatch.setattr(EmbedderSpec, "build", lambda self: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):

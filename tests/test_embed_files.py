@@ -13,6 +13,7 @@ from conftest import SENTENCES
 
 from lafusion_st import build_fused_model
 from lafusion_st.embed_files import MANIFEST, embed_file, shard_ranges
+from lafusion_st.errors import DataFormatError, MissingFileError
 from lafusion_st.text_files import read_text_table
 
 TEXTS = [*SENTENCES, "", "NA", "12", 'a "quoted", text']
@@ -44,17 +45,17 @@ def test_every_format_reads_the_same_texts_ids_and_rows(tmp_path) -> None:
 
 def test_bad_inputs_get_clear_errors(tmp_path) -> None:
     paths = _write_inputs(tmp_path)
-    with pytest.raises(ValueError, match=r"no column 'body'; its columns are \['key', 'text'\]"):
+    with pytest.raises(DataFormatError, match=r"no column 'body'; its columns are \['key', 'text'\]"):
         read_text_table(paths[".jsonl"], text_col="body")
-    with pytest.raises(ValueError, match="plain text"):
+    with pytest.raises(DataFormatError, match="plain text"):
         read_text_table(paths[".txt"], id_col="key")
     pq.write_table(pa.table({"text": ["a", None]}), tmp_path / "gap.parquet")
-    with pytest.raises(ValueError, match="row 1 has no text"):
+    with pytest.raises(DataFormatError, match="row 1 has no text"):
         read_text_table(tmp_path / "gap.parquet")
     pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "numbers.parquet")
-    with pytest.raises(ValueError, match="not text"):
+    with pytest.raises(DataFormatError, match="not text"):
         read_text_table(tmp_path / "numbers.parquet")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(MissingFileError, match="No such file"):
         read_text_table(tmp_path / "missing.jsonl")
 
 
