@@ -6,7 +6,7 @@ Run:  nice .venv/bin/python eval/classifier_heads.py [--datasets sst2 mr] [--pai
 
 Data: the stratified (seed 0) subsamples of eval/RESULTS.md (SST-2/MR 1000 train / 500 test, R8/R52
 500/300). Features: each model's layers chosen by CV on the training subsample in
-``eval/selection/<dataset>/report.json`` (greedy layers, mean pooling), read from the scan cache or
+``eval/selection/<dataset>/report.json`` (greedy layers, with the pooling chosen there), read from the scan cache or
 computed by the built embedder (``--embed``); both are the vectors ``FusedClassifier`` sees (``lafusion run``
 checks the embedder against the scan).
 Every head is fit on the training subsample only (the MLP heads carve their early-stopping split out of
@@ -40,34 +40,45 @@ SINGLE = "smollm2-135m"
 PAIR = ["smollm2-135m", "gemma3-270m"]
 
 
-def chosen_layers(task: str, model: str, selection_folder: Path) -> list[int]:
-    report = json.loads((selection_folder / task / "report.json").read_text())
-    return list(report["selections"][model]["chosen"])
+def chosen(task: str, model: str, selection_folder: Path) -> tuple[list[int], str]:
+    """The layers and pooling the CV search on the training subsample chose for ``model`` (reports written
+    before pooling was searched have no ``pooling``: theirs was mean)."""
+    path = selection_folder / task / "report.json"
+    selections = json.loads(path.read_text())["selections"]
+    if model not in selections:
+        raise SystemExit(f"{path} has no selection for {model} (it has {sorted(selections)}); run it first.")
+    return list(selections[model]["chosen"]), selections[model].get("pooling", "mean")
 
 
 def features(task: str, models: list[str], selection_folder: Path, embed: bool = False):
-    """Train/test features of ``models`` at their chosen layers: from the scan cache, or (``embed``) from the
-    built, truncated embedder, which costs less than a scan of every layer when nothing is cached."""
+    """Train/test features of ``models`` at their chosen layers and pooling: from the scan cache, or (``embed``)
+    from the built, truncated embedder, which costs less than a scan of every layer when nothing is cached.
+    Also returns the block sizes and a name per model."""
     max_train, max_test = SIZES[task]
     train = load_bundled(task, "train").subsample(max_train, seed=0)
     test = load_bundled(task, "test").subsample(max_test, seed=0)
-    layers = {model: chosen_layers(task, model, selection_folder) for model in models}
+    choices = {model: chosen(task, model, selection_folder) for model in models}
     if embed:
-        embedders = [build_fused_model(m, layers=layers[m], max_seq_length=256) for m in models]
+        embedders = [
+            build_fused_model(m, layers=layers, pooling=pooling, max_seq_length=256)
+            for m, (layers, pooling) in choices.items()
+        ]
         x_train = [embedder.encode(train.texts, batch_size=32) for embedder in embedders]
         x_test = [embedder.encode(test.texts, batch_size=32) for embedder in embedders]
     else:
-        scans = scan_task(models, train.texts, test.texts, poolings=["mean"], max_seq_length=256)
-        x_train = [scans.train[m]["mean"].concat(layers[m]) for m in models]
-        x_test = [scans.test[m]["mean"].concat(layers[m]) for m in models]
+        poolings = sorted({pooling for _, pooling in choices.values()})
+        scans = scan_task(models, train.texts, test.texts, poolings=poolings, max_seq_length=256)
+        x_train = [scans.train[m][pooling].concat(layers) for m, (layers, pooling) in choices.items()]
+        x_test = [scans.test[m][pooling].concat(layers) for m, (layers, pooling) in choices.items()]
     dims = tuple(block.shape[1] for block in x_train)
+    names = {m: f"{m} {layers} {pooling}" for m, (layers, pooling) in choices.items()}
     return (
         np.concatenate(x_train, axis=1),
         np.asarray(train.labels),
         np.concatenate(x_test, axis=1),
         np.asarray(test.labels),
         dims,
-        layers,
+        names,
     )
 
 
@@ -96,8 +107,8 @@ def evaluate(name, head, x_train, y_train, x_test, y_test, dims) -> dict:
 
 def run_dataset(task: str, with_pair: bool, selection_folder: Path, embed: bool) -> list[dict]:
     rows = []
-    x_train, y_train, x_test, y_test, dims, layers = features(task, [SINGLE], selection_folder, embed)
-    label = f"{SINGLE} {layers[SINGLE]}"
+    x_train, y_train, x_test, y_test, dims, names = features(task, [SINGLE], selection_folder, embed)
+    label = names[SINGLE]
     print(f"{task}: {len(y_train)} train / {len(y_test)} test, {x_train.shape[1]} features", flush=True)
     single = [
         evaluate(f"{label} + logistic", LogisticHead(), x_train, y_train, x_test, y_test, dims),
@@ -105,8 +116,8 @@ def run_dataset(task: str, with_pair: bool, selection_folder: Path, embed: bool)
     ]
     rows += _compare(single)
     if with_pair:
-        x_train, y_train, x_test, y_test, dims, layers = features(task, PAIR, selection_folder)
-        label = " + ".join(f"{m} {layers[m]}" for m in PAIR)
+        x_train, y_train, x_test, y_test, dims, names = features(task, PAIR, selection_folder)
+        label = " + ".join(names[m] for m in PAIR)
         pair = [
             evaluate(f"{label}, concat + logistic", LogisticHead(), x_train, y_train, x_test, y_test, dims),
             evaluate(f"{label}, concat + MLP", MLPHead(), x_train, y_train, x_test, y_test, dims),

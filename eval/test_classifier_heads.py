@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
-from classifier_heads import _compare, evaluate
+import pytest
+from classifier_heads import _compare, chosen, evaluate
 
 from lafusion_st.heads import LogisticHead
 from lafusion_st.stats import accuracy_interval, mcnemar
@@ -26,3 +29,13 @@ def test_rows_use_the_library_interval_and_mcnemar_test() -> None:
         interval = accuracy_interval(correct)
         assert row["accuracy"] == correct.mean() and row["ci95"] == [interval.low, interval.high]
     assert rows[0]["mcnemar_p"] is None and rows[1]["mcnemar_p"] == mcnemar(other, reference).p_value
+
+
+def test_features_follow_the_pooling_the_selection_chose(tmp_path) -> None:
+    (tmp_path / "mr").mkdir()
+    selections = {"smollm2-135m": {"chosen": [9, 15], "pooling": "last"}, "gemma3-270m": {"chosen": [6]}}
+    (tmp_path / "mr" / "report.json").write_text(json.dumps({"selections": selections}))
+    assert chosen("mr", "smollm2-135m", tmp_path) == ([9, 15], "last")
+    assert chosen("mr", "gemma3-270m", tmp_path) == ([6], "mean")  # written before pooling was searched
+    with pytest.raises(SystemExit, match=r"no selection for minilm-l6 \(it has \['gemma3-270m', 'smollm2-135m'\]\)"):
+        chosen("mr", "minilm-l6", tmp_path)
