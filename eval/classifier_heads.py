@@ -1,8 +1,8 @@
 """Item 6 evidence: which head earns its cost? Logistic vs the paper's MLP, and for the SmolLM2 + Gemma3 pair
 concat vs the Hadamard- and sum-residual fusion heads.
 
-Run:  nice .venv/bin/python eval/classifier_heads.py [--datasets sst2 mr] [--pair-datasets sst2]
-      [--embed mr] [--output eval/classifier]
+Run:  nice .venv/bin/python eval/classifier_heads.py [--datasets sst2 mr] [--pair-datasets mr]
+      [--embed mr] [--output eval/classifier] [--overwrite]
 
 Data: the stratified (seed 0) subsamples of eval/RESULTS.md (SST-2/MR 1000 train / 500 test, R8/R52
 500/300). Features: each model's layers chosen by CV on the training subsample in
@@ -162,7 +162,7 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["sst2", "mr"], choices=sorted(SIZES))
-    parser.add_argument("--pair-datasets", nargs="*", default=["sst2"], choices=sorted(SIZES))
+    parser.add_argument("--pair-datasets", nargs="*", default=["mr"], choices=sorted(SIZES))
     parser.add_argument(
         "--embed",
         nargs="*",
@@ -188,10 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += task_rows
     print()
     print(table(rows))
-    (args.output / "heads.md").write_text(
-        f"Command: `python eval/classifier_heads.py --datasets {' '.join(args.datasets)} --pair-datasets "
-        f"{' '.join(args.pair_datasets)} --embed {' '.join(args.embed)}`\n\n{table(rows)}\n"
-    )
+    command = " ".join(["python eval/classifier_heads.py", *(sys.argv[1:] if argv is None else argv)])
+    (args.output / "heads.md").write_text(f"Command: `{command}`\n\n{table(rows)}\n")
     return 0
 
 
