@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lafusion_st.errors import InvalidArgumentError
+from lafusion_st.files import read_versioned_json
 from lafusion_st.modes import DTYPES, FUSION_MODES, POOLING_MODES, STANDARD_ERRORS, Dtype, FusionMode, PoolingMode
 
 if TYPE_CHECKING:
@@ -371,17 +372,7 @@ def read_spec_file(folder: str | Path) -> EmbedderSpec | None:
     path = Path(folder, SPEC_FILE)
     if not path.is_file():
         return None
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InvalidArgumentError(f"{path} is not valid JSON ({error}).") from error
-    if not isinstance(document, dict) or document.get("format") != SPEC_FORMAT:
-        raise InvalidArgumentError(f"{path} is not a {SPEC_FORMAT} file.")
-    if document.get("format_version") != SPEC_FORMAT_VERSION:
-        raise InvalidArgumentError(
-            f"{path} has format_version {document.get('format_version')!r}; this lafusion reads "
-            f"version {SPEC_FORMAT_VERSION}."
-        )
+    document = read_versioned_json(path, SPEC_FORMAT, SPEC_FORMAT_VERSION)
     try:
         return EmbedderSpec.from_dict(document.get("spec"))
     except InvalidArgumentError as error:
