@@ -1,4 +1,5 @@
-"""File helpers shared by every cache and output writer: atomic writes, file hashes, versioned JSON.
+"""File helpers shared by every cache and output writer: the cache root, atomic writes, file hashes, versioned
+JSON.
 
 Why one place: the scan cache, the reports and the ONNX manifest each wrote files "atomically" and hashed
 files in their own way (and one used a per-process temporary name that two threads, or two processes
@@ -21,6 +22,17 @@ from typing import Any
 from lafusion_st.errors import InvalidArgumentError, LafusionError, MissingFileError
 
 _BLOCK = 1 << 20
+CACHE_ENV = "LAFUSION_CACHE"
+
+
+def cache_root() -> Path:
+    """The lafusion cache root: ``$LAFUSION_CACHE`` if set, else ``~/.cache/lafusion``.
+
+    Materialised models live in ``<root>/models`` and layer scans in ``<root>/scans``: one variable moves
+    both (it once meant the models folder to the registry and the parent of ``scans/`` to the scan cache).
+    """
+    root = os.environ.get(CACHE_ENV)
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "lafusion"
 
 
 def file_sha256(path: str | Path) -> str:

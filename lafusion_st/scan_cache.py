@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -38,8 +37,7 @@ from filelock import FileLock
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from lafusion_st.files import atomic_path, file_sha256, write_text_atomic
-from lafusion_st.registry import CACHE_ENV
+from lafusion_st.files import atomic_path, cache_root, file_sha256, write_text_atomic
 
 VECTOR_RULES = 2
 """Version of how lafusion turns texts into scanned vectors (tokenization rules such as the empty-text and
@@ -107,9 +105,9 @@ class ScanKey:
 
 
 def default_scan_cache_dir() -> Path:
-    """``$LAFUSION_CACHE/scans`` if that variable is set, else ``~/.cache/lafusion/scans``."""
-    root = os.environ.get(CACHE_ENV)
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "lafusion") / "scans"
+    """``scans/`` under :func:`lafusion_st.files.cache_root` (``$LAFUSION_CACHE/scans`` or
+    ``~/.cache/lafusion/scans``)."""
+    return cache_root() / "scans"
 
 
 def texts_sha256(texts: Sequence[str]) -> str:
