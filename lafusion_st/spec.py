@@ -35,6 +35,9 @@ SPEC_FORMAT = "lafusion-spec"
 SPEC_FORMAT_VERSION = 1
 NAMESPACE = "lafusion"
 """The organisation part of every configuration's MTEB name."""
+BATCH_SIZE = 32
+"""Texts per forward pass when scanning (:class:`ScanSettings`) and when encoding for evaluation
+(:mod:`lafusion_st.evaluation`, ``lafusion eval``). Memory, not vectors: it is part of no name or key."""
 
 
 @dataclass(frozen=True)
@@ -219,7 +222,7 @@ class ScanSettings:
 
     poolings: tuple[PoolingMode, ...] = (EmbedderSpec.pooling,)
     max_seq_length: int = EmbedderSpec.max_seq_length
-    batch_size: int = 32
+    batch_size: int = BATCH_SIZE
     dtype: Dtype = EmbedderSpec.dtype
 
     def __post_init__(self) -> None:
