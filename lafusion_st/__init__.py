@@ -7,9 +7,9 @@ usual.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from lafusion_st.lazy import lazy_exports
 from lafusion_st.modes import FUSION_MODES, POOLING_MODES
 
 if TYPE_CHECKING:
@@ -63,7 +63,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'lafusion_st' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

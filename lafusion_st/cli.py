@@ -17,7 +17,14 @@ from lafusion_st.errors import InvalidArgumentError, LafusionError, MissingFileE
 from lafusion_st.modes import DEFAULT_SHARD_ROWS, POOLING_MODES, PROTOCOLS
 from lafusion_st.predict_cli import PREDICT_HELP, add_predict_arguments, predict_command
 from lafusion_st.ray_options import add_ray_arguments
-from lafusion_st.spec import EmbedderSpec, RunSettings, ScanSettings, add_dtype_argument, add_max_seq_length_argument
+from lafusion_st.spec import (
+    BATCH_SIZE,
+    EmbedderSpec,
+    RunSettings,
+    ScanSettings,
+    add_dtype_argument,
+    add_max_seq_length_argument,
+)
 from onnx_export.cli import EXPORT_HELP, add_export_arguments, export_command
 from onnx_export.manifest import DTYPES
 from onnx_export.providers import PROVIDERS
@@ -366,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="configuration name for ModelMeta (default: the name of the spec recorded in the folder; "
         "lafusion/<folder name> for a folder saved without one)",
     )
-    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"default: {BATCH_SIZE}")
     onnx = evaluate.add_argument_group("ONNX exports only")
     onnx.add_argument(
         "--provider",

@@ -36,6 +36,7 @@ from mteb.models.model_meta import ScoringFunction
 from sentence_transformers import SentenceTransformer
 
 from lafusion_st.mteb_tasks import get_tasks
+from lafusion_st.spec import BATCH_SIZE
 
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata
@@ -162,7 +163,7 @@ class CachedEncoder:
         return len(self._vectors)
 
     def encode(
-        self, sentences: Sequence[str], batch_size: int = 32, show_progress_bar: bool = False, **_: Any
+        self, sentences: Sequence[str], batch_size: int = BATCH_SIZE, show_progress_bar: bool = False, **_: Any
     ) -> np.ndarray:
         """``[len(sentences), dim]`` float32 embeddings, computing only texts not seen before.
 
@@ -238,7 +239,9 @@ class MTEBEncoder(AbsEncoder):
     ) -> np.ndarray:
         texts = [text for batch in inputs for text in batch["text"]]
         return self.model.encode(
-            texts, batch_size=kwargs.get("batch_size", 32), show_progress_bar=kwargs.get("show_progress_bar", False)
+            texts,
+            batch_size=kwargs.get("batch_size", BATCH_SIZE),
+            show_progress_bar=kwargs.get("show_progress_bar", False),
         )
 
 
@@ -249,7 +252,7 @@ def evaluate_encoder(
     *,
     meta: ModelMeta | None = None,
     name: str | None = None,
-    batch_size: int = 32,
+    batch_size: int = BATCH_SIZE,
     overwrite: bool = False,
     show_progress_bar: bool = False,
     prediction_folder: str | Path | None = None,

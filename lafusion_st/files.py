@@ -1,23 +1,38 @@
-"""File helpers shared by every cache and output writer: atomic writes and file hashes.
+"""File helpers shared by every cache and output writer: the cache root, atomic writes, file hashes, versioned
+JSON.
 
 Why one place: the scan cache, the reports and the ONNX manifest each wrote files "atomically" and hashed
 files in their own way (and one used a per-process temporary name that two threads, or two processes
-sharing a PID namespace, could collide on). Standard library only, so the ONNX encoder can import it
-where torch is absent.
+sharing a PID namespace, could collide on); the spec file, the head config and the two ONNX manifests each
+checked their ``format``/``format_version`` with their own copy of the same code. Standard library only, so
+the ONNX encoder can import it where torch is absent.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from lafusion_st.errors import InvalidArgumentError
+from lafusion_st.errors import InvalidArgumentError, LafusionError, MissingFileError
 
 _BLOCK = 1 << 20
+CACHE_ENV = "LAFUSION_CACHE"
+
+
+def cache_root() -> Path:
+    """The lafusion cache root: ``$LAFUSION_CACHE`` if set, else ``~/.cache/lafusion``.
+
+    Materialised models live in ``<root>/models`` and layer scans in ``<root>/scans``: one variable moves
+    both (it once meant the models folder to the registry and the parent of ``scans/`` to the scan cache).
+    """
+    root = os.environ.get(CACHE_ENV)
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "lafusion"
 
 
 def file_sha256(path: str | Path) -> str:
@@ -86,3 +101,54 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_path(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def read_versioned_json(
+    path: str | Path,
+    format_name: str,
+    versions: int | Collection[int],
+    error_cls: type[LafusionError] = InvalidArgumentError,
+    *,
+    missing: str = "",
+    missing_cls: type[LafusionError] = MissingFileError,
+    remedy: str = "",
+) -> dict[str, Any]:
+    """Read a JSON object that names its ``format`` and ``format_version``, and check both.
+
+    Why: lafusion's own files (spec, head config, ONNX manifests) are read by later versions and by the
+    torch-free encoder; a file of another kind or version must fail with a message that names the file and
+    what is wrong, never with a ``KeyError`` or ``AttributeError`` further on.
+
+    Args:
+        path: The file.
+        format_name: The value its ``format`` field must have (e.g. ``lafusion-spec``).
+        versions: The ``format_version`` (or versions) this reader understands.
+        error_cls: Raised for a file that exists but is not readable as this format.
+        missing: Why a missing file matters, appended to ``"<path> is missing: "``.
+        missing_cls: Raised for a missing file.
+        remedy: A sentence appended to every ``error_cls`` message (e.g. ``"Re-export the model."``).
+
+    Raises:
+        missing_cls: ``path`` is not a file.
+        error_cls: Not UTF-8 JSON, not an object, another ``format``, or a ``format_version`` not in ``versions``.
+    """
+    path = Path(path)
+    allowed = (versions,) if isinstance(versions, int) else tuple(versions)
+    suffix = f" {remedy}" if remedy else ""
+    if not path.is_file():
+        raise missing_cls(f"{path} is missing: {missing}" if missing else f"{path} is missing.")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise error_cls(f"{path} is not valid JSON ({error}).{suffix}") from error
+    if not isinstance(document, dict):
+        raise error_cls(f"{path} must hold a JSON object, got {type(document).__name__}.{suffix}")
+    if document.get("format") != format_name:
+        raise error_cls(f"{path} is not a {format_name} file (format {document.get('format')!r}).{suffix}")
+    version = document.get("format_version")
+    if type(version) is not int or version not in allowed:  # JSON true and 1.0 equal 1 in Python
+        raise error_cls(
+            f"{path} has format_version {version!r}; this lafusion reads "
+            f"{format_name} version {' or '.join(str(version) for version in allowed)}.{suffix}"
+        )
+    return document

@@ -33,7 +33,7 @@ from typing import Any
 from filelock import FileLock
 
 from lafusion_st.errors import InvalidArgumentError, LafusionError, MissingFileError, UnknownModelError
-from lafusion_st.files import file_sha256
+from lafusion_st.files import cache_root, file_sha256
 from lafusion_st.saved_folder import saved_embedder_sources
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,6 @@ MARKER_FILE = "lafusion_materialised.json"
 
 MARKER_FORMAT = 2
 """2: tokenizer rebuilt from the GGUF metadata (1 had transformers' GGUF conversion)."""
-CACHE_ENV = "LAFUSION_CACHE"
 
 # Texts used to check that the materialised folder reproduces the GGUF-loaded model.
 _PARITY_TEXTS = (
@@ -150,11 +149,9 @@ def list_offline_models() -> list[OfflineModel]:
 
 
 def default_cache_dir() -> Path:
-    """Root folder for materialised models: ``$LAFUSION_CACHE`` or ``~/.cache/lafusion/models``."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "lafusion" / "models"
+    """Root folder for materialised models: ``models/`` under :func:`lafusion_st.files.cache_root`
+    (``$LAFUSION_CACHE/models`` or ``~/.cache/lafusion/models``)."""
+    return cache_root() / "models"
 
 
 def resolve_model(name_or_path: str, cache_dir: str | Path | None = None) -> str:
@@ -173,8 +170,8 @@ def resolve_model(name_or_path: str, cache_dir: str | Path | None = None) -> str
 
     Args:
         name_or_path: Short name, folder, or hub id.
-        cache_dir: Root of the materialisation cache; default ``$LAFUSION_CACHE`` or
-            ``~/.cache/lafusion/models``.
+        cache_dir: Root of the materialisation cache; default :func:`default_cache_dir`
+            (``$LAFUSION_CACHE/models`` or ``~/.cache/lafusion/models``).
 
     Returns:
         Absolute path of a local model folder.

@@ -9,18 +9,20 @@ Cache layout (one entry per :class:`ScanKey`)::
     <cache_dir>/<model>.<pooling>.<digest>.safetensors   tensor "layers" [L + 1, N, H], float32
     <cache_dir>/<model>.<pooling>.<digest>.json          sidecar: the key's fields, versions, sha256 of the data
     <cache_dir>/<model>.<pooling>.<digest>.partial/      chunk files of an unfinished scan (resume point)
-    <cache_dir>/<model>.<pooling>.<digest>.lock          held while one process computes the entry
+    <cache_dir>/<model>.<pooling>.<digest>.lock          held while a process computes or reads the entry
 
-The sidecar is written last, so an entry without one is unfinished. An entry that cannot be read, has the
-wrong shape or fails its checksum is reported with a warning and recomputed; one computed under other torch
-or transformers versions is served with a warning. Files are read with safetensors, never pickle.
+The sidecar is written last, so an entry without one is unfinished. Readers and writers of an entry hold its
+lock, so a reader never sees an entry half replaced. An entry found corrupt (a sidecar that is not JSON or
+names another key, a data file missing, unreadable as safetensors, of the wrong shape or failing its
+checksum) is reported with a warning, removed and recomputed; any other failure while reading (an
+interrupt, memory, an I/O error) propagates and leaves the entry alone. One computed under other torch or
+transformers versions is served with a warning. Files are read with safetensors, never pickle.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -32,11 +34,10 @@ from typing import Any
 
 import numpy as np
 from filelock import FileLock
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from lafusion_st.files import atomic_path, file_sha256, write_text_atomic
-from lafusion_st.registry import CACHE_ENV
+from lafusion_st.files import atomic_path, cache_root, file_sha256, write_text_atomic
 
 VECTOR_RULES = 2
 """Version of how lafusion turns texts into scanned vectors (tokenization rules such as the empty-text and
@@ -55,6 +56,10 @@ class ScanCacheWarning(UserWarning):
 
 class ScanVersionWarning(UserWarning):
     """A cached scan was computed under other torch/transformers versions; it is served as stored."""
+
+
+class CorruptEntryError(ValueError):
+    """A cache file that exists but is not what its entry says: the only reason a reader removes an entry."""
 
 
 @dataclass(frozen=True)
@@ -100,9 +105,9 @@ class ScanKey:
 
 
 def default_scan_cache_dir() -> Path:
-    """``$LAFUSION_CACHE/scans`` if that variable is set, else ``~/.cache/lafusion/scans``."""
-    root = os.environ.get(CACHE_ENV)
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "lafusion") / "scans"
+    """``scans/`` under :func:`lafusion_st.files.cache_root` (``$LAFUSION_CACHE/scans`` or
+    ``~/.cache/lafusion/scans``)."""
+    return cache_root() / "scans"
 
 
 def texts_sha256(texts: Sequence[str]) -> str:
@@ -144,28 +149,51 @@ class ScanCacheEntry:
         self.sidecar_file = stem.with_name(stem.name + ".json")
         self.partial_dir = stem.with_name(stem.name + ".partial")
         self.lock_file = stem.with_name(stem.name + ".lock")
+        self._lock = FileLock(str(self.lock_file))
 
     def lock(self) -> FileLock:
-        """An inter-process lock on this entry: held while computing it, so a second process scanning the
-        same texts waits and then reads the finished entry instead of racing on the chunk files."""
+        """An inter-process lock on this entry, held while computing it (a second process scanning the same
+        texts waits, then reads the finished entry) and while reading it (never a half-replaced entry).
+        The same reentrant object on every call, so :meth:`load` works while the caller holds it."""
         self.lock_file.parent.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.lock_file))
+        return self._lock
 
     def load(self) -> np.ndarray | None:
-        """The cached vectors, or ``None`` if absent; a broken entry is warned about, removed and ``None``."""
+        """The cached vectors, or ``None`` if absent; an entry found corrupt is warned about, removed and ``None``.
+
+        Reads under the entry's lock. A cache this process may not write (a shared read-only folder, where
+        the lock file cannot be created) is read without it: such a process can neither lock nor change it.
+
+        Raises:
+            BaseException: Whatever reading raises other than the corruption it detects (``KeyboardInterrupt``,
+                ``MemoryError``, ``OSError``), with the entry left in place.
+        """
         if not self.sidecar_file.exists():
             return None
+        lock = self.lock()
         try:
-            sidecar = json.loads(self.sidecar_file.read_text(encoding="utf-8"))
+            lock.acquire()
+        except PermissionError:
+            return self._load()
+        try:
+            return self._load()
+        finally:
+            lock.release()
+
+    def _load(self) -> np.ndarray | None:
+        if not self.sidecar_file.exists():  # removed as corrupt by the process this one waited for
+            return None
+        try:
+            sidecar = _read_sidecar(self.sidecar_file)
             for name, value in self.key.fields().items():
                 if sidecar.get(name) != value:
-                    raise ValueError(f"sidecar field {name!r} is {sidecar.get(name)!r}, expected {value!r}")
+                    raise CorruptEntryError(f"sidecar field {name!r} is {sidecar.get(name)!r}, expected {value!r}")
             vectors = _read_checked(self.data_file, list(self.key.shape), sidecar.get("sha256"))
-        except Exception as error:  # noqa: BLE001 - any unreadable entry is recomputed, never trusted
+        except CorruptEntryError as error:
             warnings.warn(
                 f"Scan cache entry {self.data_file} is unusable ({error}); recomputing it.",
                 ScanCacheWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
             self.data_file.unlink(missing_ok=True)
             self.sidecar_file.unlink(missing_ok=True)
@@ -184,7 +212,7 @@ class ScanCacheEntry:
                 + ", ".join(f"{name} {current[name]}" for name in differing)
                 + " is installed; serving it as stored. Delete the entry to recompute it with these versions.",
                 ScanVersionWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
     def chunk_file(self, start: int, end: int) -> Path:
@@ -200,7 +228,7 @@ class ScanCacheEntry:
         try:
             _read_checked(path, list(shape), None)
             return True
-        except Exception as error:  # noqa: BLE001
+        except CorruptEntryError as error:
             warnings.warn(f"Scan chunk {path} is unusable ({error}); recomputing it.", ScanCacheWarning, stacklevel=3)
             path.unlink(missing_ok=True)
             return False
@@ -267,14 +295,34 @@ def _write_checked(path: Path, vectors: np.ndarray) -> str:
     return checksum
 
 
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    """The sidecar's fields (:class:`CorruptEntryError` if it is not a UTF-8 JSON object)."""
+    try:
+        sidecar = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CorruptEntryError(f"sidecar is not JSON: {error}") from error
+    if not isinstance(sidecar, dict):
+        raise CorruptEntryError(f"sidecar holds a {type(sidecar).__name__}, not an object")
+    return sidecar
+
+
 def _read_checked(path: Path, shape: list[int], sha256: str | None) -> np.ndarray:
-    """Read a scan tensor, checking its shape and its checksum (``sha256`` or, if None, the file's own)."""
-    with safe_open(str(path), framework="np") as handle:
-        stored = (handle.metadata() or {}).get("sha256")
-        vectors = handle.get_tensor(TENSOR_NAME)
+    """Read a scan tensor, checking its shape and its checksum (``sha256`` or, if None, the file's own).
+
+    Raises:
+        CorruptEntryError: The file is missing, not safetensors holding the tensor, or fails a check.
+    """
+    if not path.is_file():
+        raise CorruptEntryError(f"{path.name} is missing")
+    try:
+        with safe_open(str(path), framework="np") as handle:
+            stored = (handle.metadata() or {}).get("sha256")
+            vectors = handle.get_tensor(TENSOR_NAME)
+    except SafetensorError as error:
+        raise CorruptEntryError(f"not a readable scan tensor: {error}") from error
     if list(vectors.shape) != list(shape) or vectors.dtype != np.float32:
-        raise ValueError(f"holds {vectors.dtype} {list(vectors.shape)}, expected float32 {list(shape)}")
+        raise CorruptEntryError(f"holds {vectors.dtype} {list(vectors.shape)}, expected float32 {list(shape)}")
     wanted = sha256 or stored
     if wanted is None or _array_sha256(vectors) != wanted:
-        raise ValueError("checksum mismatch")
+        raise CorruptEntryError("checksum mismatch")
     return vectors

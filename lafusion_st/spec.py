@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lafusion_st.errors import InvalidArgumentError
+from lafusion_st.files import read_versioned_json
 from lafusion_st.modes import DTYPES, FUSION_MODES, POOLING_MODES, STANDARD_ERRORS, Dtype, FusionMode, PoolingMode
 
 if TYPE_CHECKING:
@@ -33,6 +35,9 @@ SPEC_FORMAT = "lafusion-spec"
 SPEC_FORMAT_VERSION = 1
 NAMESPACE = "lafusion"
 """The organisation part of every configuration's MTEB name."""
+BATCH_SIZE = 32
+"""Texts per forward pass when scanning (:class:`ScanSettings`) and when encoding for evaluation
+(:mod:`lafusion_st.evaluation`, ``lafusion eval``). Memory, not vectors: it is part of no name or key."""
 
 
 @dataclass(frozen=True)
@@ -90,9 +95,11 @@ class EmbedderSpec:
         """The MTEB model name, e.g. ``lafusion/smollm2-135m__L12-16-20__mean__concat``.
 
         Layers are named in ascending order (the order fusion uses), models are joined with ``+``, and
-        several models get the model fusion as a last part; a model's pooling is
-        named per model only when the models differ in it. Settings added later appear only when they
-        differ from their default (``__len128`` for ``max_seq_length=128``), so old names stay valid.
+        several models get the model fusion as a last part; a model's pooling is named per model only when
+        the models differ in it. A short name is kept as given, a hub id by its last part, a local folder by
+        its name plus a hash of its resolved path (:func:`model_label`: ``/a/model`` and ``/b/model`` get two
+        names). Settings added later appear only when they differ from their default (``__len128`` for
+        ``max_seq_length=128``), so old names stay valid.
 
         Raises:
             InvalidArgumentError: If a layer index is still negative (``-1`` and ``30`` of a 30-layer model
@@ -105,7 +112,7 @@ class EmbedderSpec:
             )
         uniform = len(set(self.pooling)) == 1
         members = "+".join(
-            f"{Path(model).name}__L{'-'.join(str(layer) for layer in sorted(layers))}"
+            f"{model_label(model)}__L{'-'.join(str(layer) for layer in sorted(layers))}"
             + ("" if uniform else f"__{pooling}")
             for model, layers, pooling in zip(self.models, self.layers, self.pooling, strict=True)
         )
@@ -215,7 +222,7 @@ class ScanSettings:
 
     poolings: tuple[PoolingMode, ...] = (EmbedderSpec.pooling,)
     max_seq_length: int = EmbedderSpec.max_seq_length
-    batch_size: int = 32
+    batch_size: int = BATCH_SIZE
     dtype: Dtype = EmbedderSpec.dtype
 
     def __post_init__(self) -> None:
@@ -371,21 +378,33 @@ def read_spec_file(folder: str | Path) -> EmbedderSpec | None:
     path = Path(folder, SPEC_FILE)
     if not path.is_file():
         return None
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InvalidArgumentError(f"{path} is not valid JSON ({error}).") from error
-    if not isinstance(document, dict) or document.get("format") != SPEC_FORMAT:
-        raise InvalidArgumentError(f"{path} is not a {SPEC_FORMAT} file.")
-    if document.get("format_version") != SPEC_FORMAT_VERSION:
-        raise InvalidArgumentError(
-            f"{path} has format_version {document.get('format_version')!r}; this lafusion reads "
-            f"version {SPEC_FORMAT_VERSION}."
-        )
+    document = read_versioned_json(path, SPEC_FORMAT, SPEC_FORMAT_VERSION)
     try:
         return EmbedderSpec.from_dict(document.get("spec"))
     except InvalidArgumentError as error:
         raise InvalidArgumentError(f"{path}: {error}") from error
+
+
+def model_label(model: str) -> str:
+    """How ``model`` appears in configuration names (:attr:`EmbedderSpec.name`).
+
+    Why a hash for folders: results are filed by name, and two local folders with the same name (two
+    fine-tunes saved as ``.../model``) must never share one. Short names and hub ids have no such clash
+    and keep the names that committed results are found by.
+
+    Returns:
+        A registry short name unchanged; a local folder (an existing directory, or an absolute, ``~`` or
+        ``.``-relative path) as ``<folder name>-<first 8 hex of sha256 of its resolved path>``; anything
+        else (a hub id) as its last ``/`` part, as before folders were told apart.
+    """
+    path = Path(model).expanduser()
+    if not (path.is_absolute() or model.startswith((".", "~")) or path.is_dir()):
+        return path.name
+    from lafusion_st.registry import OFFLINE_MODELS  # standard library and filelock only
+
+    if model in OFFLINE_MODELS:  # a short name wins over a folder of that name, as in resolve_model
+        return model
+    return f"{path.resolve().name}-{hashlib.sha256(str(path.resolve()).encode('utf-8')).hexdigest()[:8]}"
 
 
 def _is_layer_list(value: Any) -> bool:

@@ -8,9 +8,7 @@ onnxruntime, numpy and tokenizers installed. The torch-side names are imported o
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from lafusion_st.lazy import lazy_exports
 from onnx_export.classifier import ORTFusedClassifier
 from onnx_export.encoder import ORTFusedEncoder
 from onnx_export.errors import (
@@ -43,7 +41,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _NEEDS_TORCH:
-        return getattr(importlib.import_module(_NEEDS_TORCH[name]), name)
-    raise AttributeError(f"module 'onnx_export' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _NEEDS_TORCH)

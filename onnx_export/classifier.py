@@ -8,13 +8,13 @@ embedder's graphs give the vector and the head graph the probabilities, so ONNX 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lafusion_st.files import read_versioned_json
 from lafusion_st.heads.labels import labels_from_json
 from onnx_export.encoder import ORTFusedEncoder
 from onnx_export.errors import ExportedModelError
@@ -33,19 +33,16 @@ def read_head_manifest(folder: str | Path) -> dict[str, Any]:
     Raises:
         ExportedModelError: Missing (the folder is an embedder export only), not JSON, or another format.
     """
-    path = Path(folder, HEAD_DIR, HEAD_MANIFEST)
-    if not path.is_file():
-        raise ExportedModelError(
-            f"{folder} has no {HEAD_DIR}/{HEAD_MANIFEST}: it is an embedder export without a classifier. Export a "
-            "saved FusedClassifier folder (`lafusion export CLASSIFIER_FOLDER OUT`) to classify with ONNX Runtime."
-        )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ExportedModelError(f"{path} is not valid JSON ({error}); re-export the classifier.") from error
-    if manifest.get("format") != HEAD_FORMAT or manifest.get("format_version") != HEAD_FORMAT_VERSION:
-        raise ExportedModelError(f"{path} is not a {HEAD_FORMAT} manifest of version {HEAD_FORMAT_VERSION}.")
-    return manifest
+    return read_versioned_json(
+        Path(folder, HEAD_DIR, HEAD_MANIFEST),
+        HEAD_FORMAT,
+        HEAD_FORMAT_VERSION,
+        ExportedModelError,
+        missing=f"{folder} is an embedder export without a classifier. Export a saved FusedClassifier folder "
+        "(`lafusion export CLASSIFIER_FOLDER OUT`) to classify with ONNX Runtime.",
+        missing_cls=ExportedModelError,
+        remedy="Re-export the classifier.",
+    )
 
 
 class ORTFusedClassifier:

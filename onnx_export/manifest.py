@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from lafusion_st.errors import InvalidArgumentError
-from lafusion_st.files import check_component, file_sha256, write_text_atomic
+from lafusion_st.files import check_component, file_sha256, read_versioned_json, write_text_atomic
 from lafusion_st.spec import EmbedderSpec
 from onnx_export.errors import ExportedModelError, TokenizerMismatchError
 
@@ -73,22 +73,16 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
             this reader.
     """
     path = Path(folder, MANIFEST_FILE)
-    if not path.is_file():
-        raise ExportedModelError(
-            f"{folder} is not a lafusion ONNX export: {MANIFEST_FILE} is missing. Create one with "
-            "onnx_export.export(model, out_dir) or `lafusion export`."
-        )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ExportedModelError(f"{path} is not valid JSON ({error}); re-export the model.") from error
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ExportedModelError(f"{path} is not a {FORMAT} manifest.")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ExportedModelError(
-            f"{path} has format_version {manifest.get('format_version')!r}; "
-            f"this onnx_export reads version {FORMAT_VERSION}."
-        )
+    manifest = read_versioned_json(
+        path,
+        FORMAT,
+        FORMAT_VERSION,
+        ExportedModelError,
+        missing=f"{folder} is not a lafusion ONNX export. Create one with onnx_export.export(model, out_dir) or "
+        "`lafusion export`.",
+        missing_cls=ExportedModelError,
+        remedy="Re-export the model.",
+    )
     try:
         check_paths(folder, manifest)
     except (KeyError, TypeError, AttributeError, ValueError) as error:

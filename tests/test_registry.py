@@ -33,6 +33,7 @@ from lafusion_st.registry import (
     list_offline_models,
     resolve_model,
 )
+from lafusion_st.scan_cache import default_scan_cache_dir
 
 SMOL = OFFLINE_MODELS["smollm2-135m"]
 
@@ -76,11 +77,14 @@ def test_registry_lists_the_three_models_with_pinned_pip_commands() -> None:
         SMOL.version = "9"  # type: ignore[misc]
 
 
-def test_cache_dir_defaults_to_env_then_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_lafusion_cache_is_the_root_of_both_models_and_scans(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("LAFUSION_CACHE", str(tmp_path))
-    assert default_cache_dir() == tmp_path
+    assert (default_cache_dir(), default_scan_cache_dir()) == (tmp_path / "models", tmp_path / "scans")
+    monkeypatch.setenv("LAFUSION_CACHE", "")
+    home = Path.home() / ".cache" / "lafusion"
+    assert (default_cache_dir(), default_scan_cache_dir()) == (home / "models", home / "scans")
     monkeypatch.delenv("LAFUSION_CACHE")
-    assert default_cache_dir() == Path.home() / ".cache" / "lafusion" / "models"
+    assert (default_cache_dir(), default_scan_cache_dir()) == (home / "models", home / "scans")
 
 
 # ----------------------------------------------------------------------------- resolution

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import shutil
 import subprocess
@@ -15,19 +16,49 @@ import pytest
 
 from lafusion_st.errors import InvalidArgumentError, LafusionError
 from lafusion_st.model import FusedSentenceTransformer
-from lafusion_st.spec import SPEC_FILE, EmbedderSpec, RunSettings, ScanSettings, read_spec_file, write_spec_file
+from lafusion_st.spec import (
+    SPEC_FILE,
+    EmbedderSpec,
+    RunSettings,
+    ScanSettings,
+    model_label,
+    read_spec_file,
+    write_spec_file,
+)
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
 
 def test_names_match_the_committed_result_folders() -> None:
     assert EmbedderSpec("smollm2-135m", [12, 16, 20]).name == "lafusion/smollm2-135m__L12-16-20__mean__concat"
-    pair = EmbedderSpec(["smollm2-135m", "/models/gemma3-270m"], [[15], [9]], pooling="last", model_fusion="mean")
+    pair = EmbedderSpec(["smollm2-135m", "gemma3-270m"], [[15], [9]], pooling="last", model_fusion="mean")
     assert pair.name == "lafusion/smollm2-135m__L15+gemma3-270m__L9__last__concat__mean"
     committed = {path.name for path in (REPOSITORY / "eval/results/results").iterdir()}
     assert EmbedderSpec("smollm2-135m", [30]).name.replace("/", "__") in committed
     layers = [[9, 15, 17, 19], [6, 7]]
     assert EmbedderSpec(["smollm2-135m", "gemma3-270m"], layers).name.replace("/", "__") in committed
+
+
+def test_local_folders_of_one_name_get_two_names_short_names_and_hub_ids_keep_theirs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = tmp_path / "a" / "model", tmp_path / "b" / "model"
+    first.mkdir(parents=True)
+    second.mkdir(parents=True)
+    names = {EmbedderSpec(str(folder), [1]).name for folder in (first, second)}
+    assert len(names) == 2 and all(name.startswith("lafusion/model-") for name in names)
+    digest = hashlib.sha256(str(first.resolve()).encode()).hexdigest()[:8]
+    assert EmbedderSpec(str(first), [1]).name == f"lafusion/model-{digest}__L1__mean__concat"
+    monkeypatch.chdir(tmp_path / "a")  # one folder, however it is written, has one name
+    assert EmbedderSpec("model", [1]).name == EmbedderSpec("./model", [1]).name == EmbedderSpec(str(first), [1]).name
+    assert EmbedderSpec(".", [1]).name == EmbedderSpec(str(tmp_path / "a"), [1]).name
+    (tmp_path / "a" / "smollm2-135m").mkdir()  # a short name still means the registry model, as in resolve_model
+    assert EmbedderSpec("smollm2-135m", [1]).name == "lafusion/smollm2-135m__L1__mean__concat"
+    assert EmbedderSpec("org/encoder", [1]).name == "lafusion/encoder__L1__mean__concat"  # a hub id, as before
+    labels = [model_label(str(folder)) for folder in (first, second)]
+    assert labels[0] != labels[1]
+    pair = EmbedderSpec([str(first), str(second)], [[1], [2]])
+    assert pair.name == f"lafusion/{labels[0]}__L1+{labels[1]}__L2__mean__concat__concat"
 
 
 def test_a_setting_that_changes_vectors_changes_the_name_defaults_stay_out() -> None:

@@ -9,8 +9,9 @@ torch-free ONNX classifier without importing torch or scikit-learn.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lafusion_st.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from lafusion_st.heads.base import CONFIG_FILE, WEIGHTS_FILE, Head
@@ -47,7 +48,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'lafusion_st.heads' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

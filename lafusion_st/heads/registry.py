@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from sklearn.base import clone
 
-from lafusion_st.errors import InvalidArgumentError, MissingFileError
+from lafusion_st.errors import InvalidArgumentError
+from lafusion_st.files import read_versioned_json
 from lafusion_st.heads.base import CONFIG_FILE, FORMAT, FORMAT_VERSION, Head, load_arrays
 from lafusion_st.heads.hadamard_residual import HadamardResidualHead
 from lafusion_st.heads.logistic import LogisticHead
@@ -46,18 +46,7 @@ def load_head(folder: str | Path) -> Head:
     """
     folder = Path(folder)
     path = folder / CONFIG_FILE
-    if not path.is_file():
-        raise MissingFileError(f"{path} is missing: {folder} is not a saved lafusion head.")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InvalidArgumentError(f"{path} is not valid JSON: {error}.") from error
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise InvalidArgumentError(f"{path} is not a {FORMAT} config.")
-    if config.get("format_version") != FORMAT_VERSION:
-        raise InvalidArgumentError(
-            f"{path} has format_version {config.get('format_version')!r}; this lafusion reads {FORMAT_VERSION}."
-        )
+    config = read_versioned_json(path, FORMAT, FORMAT_VERSION, missing=f"{folder} is not a saved lafusion head.")
     classes = {cls.__name__: cls for cls in HEADS.values()}
     if config.get("class") not in classes:
         raise InvalidArgumentError(
