@@ -34,9 +34,9 @@ Speed: every configuration is evaluated from the scan cache (``lafusion_st.scan`
 layer of the dataset's (subsampled) train and test texts once, and ``fused_from_scan`` fuses a
 configuration's layers from it, with the modules' own fusion, so no configuration costs another model pass
 (and the scans of ``eval/selection_runs.py`` are reused). Before a view is evaluated, it is checked
-element-wise (``atol + rtol * |x|``) against the real fused model built from the spec (the model the cost
-columns measure); only batch composition separates the two. Results are reused only when they belong to
-the configuration's own weights revision (MTEB's revision folder).
+against the real fused model built from the spec (the model the cost columns measure) with
+``lafusion_st.scan.check_reproduces_scan``; only batch composition separates the two. Results are reused
+only when they belong to the configuration's own weights revision (MTEB's revision folder).
 """
 
 from __future__ import annotations
@@ -62,11 +62,10 @@ from lafusion_st.data import LabeledTexts, load_bundled
 from lafusion_st.evaluation import CachedEncoder, evaluate_encoder, make_model_meta
 from lafusion_st.mteb_tasks import PROTOCOLS, TASKS, get_tasks
 from lafusion_st.registry import resolve_model
-from lafusion_st.scan import fused_from_scan, scan_task
+from lafusion_st.scan import check_reproduces_scan, fused_from_scan, scan_task
 from lafusion_st.spec import EmbedderSpec
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-PARITY_ATOL, PARITY_RTOL = 1e-4, 1e-4
 SELECTION_CHOICES = ("best layer", "greedy layers")
 SPEC_KEYS = ("pooling", "fusion", "model_fusion")
 
@@ -370,14 +369,9 @@ def _encoder(plan: Plan, configuration: Configuration, embedder: SentenceTransfo
 def _check_parity(
     configuration: Configuration, embedder: SentenceTransformer, texts: list[str], view: np.ndarray, batch_size: int
 ) -> None:
-    """The scanned view must give the real embedder's vectors, element-wise within atol + rtol * |x|."""
+    """The scanned view must give the real embedder's vectors (see ``check_reproduces_scan``)."""
     real = embedder.encode(texts, batch_size=batch_size, convert_to_numpy=True)
-    difference = np.abs(view - real)
-    if (difference > PARITY_ATOL + PARITY_RTOL * np.abs(real)).any():
-        raise RuntimeError(
-            f"{configuration.name}: scanned vectors differ from the real embedder's by up to {difference.max():.2e} "
-            f"(max abs), beyond atol={PARITY_ATOL:g} + rtol={PARITY_RTOL:g} * |x|."
-        )
+    check_reproduces_scan(real, view, configuration.name)
 
 
 def run_costs(plan: Plan, overwrite: bool = False, log=print) -> None:

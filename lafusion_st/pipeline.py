@@ -20,7 +20,7 @@ import numpy as np
 from lafusion_st.data import LabeledTexts, check_classification_data
 from lafusion_st.probe import ProbeConfig, ProbeScore, TestScore, cross_validate, fit_and_test
 from lafusion_st.report import plot_layer_curves, write_report
-from lafusion_st.scan import TaskScan, fused_from_scan, scan_task
+from lafusion_st.scan import TaskScan, check_reproduces_scan, fused_from_scan, scan_task
 from lafusion_st.selection import (
     LayerSearch,
     Stability,
@@ -43,10 +43,6 @@ automatic choice (pooling and layers), which may be a single layer or the last l
 COMPARISONS = ((FUSED_LAYERS, LAST_LAYER), (FUSED_LAYERS, BEST_LAYER))
 """Per model, the paired test-split comparisons a run reports: the choice against the last layer and
 against the best single layer."""
-
-CHECK_ATOL, CHECK_RTOL = 1e-4, 1e-4
-"""Element-wise tolerance (``atol + rtol * |x|``) of the built embedder against the scan it was chosen on:
-only batch composition separates the two."""
 
 
 @dataclass(frozen=True)
@@ -344,15 +340,10 @@ def _joined(specs: dict[str, EmbedderSpec], models: list[str]) -> EmbedderSpec:
 
 
 def _check_embedder_matches_scan(embedder: Any, scanned: dict, spec: EmbedderSpec, data: LabeledTexts) -> None:
-    """The saved embedder must reproduce the scanned vectors the numbers were computed from, element-wise
-    within ``CHECK_ATOL + CHECK_RTOL * |scanned|``."""
+    """The saved embedder must reproduce the scanned vectors the numbers were computed from (see
+    :func:`lafusion_st.scan.check_reproduces_scan`)."""
     sample = data.texts[:8]
-    expected = fused_from_scan(scanned, spec)[: len(sample)]
-    difference = np.abs(embedder.encode(sample) - expected)
-    excess = difference - (CHECK_ATOL + CHECK_RTOL * np.abs(expected))
-    if (excess > 0).any():
-        raise RuntimeError(
-            f"The built embedder differs from the scanned vectors by up to {difference.max():.3g} (max abs), beyond "
-            f"atol={CHECK_ATOL:g} + rtol={CHECK_RTOL:g} * |scanned value|."
-        )
-    logger.info("Built embedder reproduces the scanned vectors (max abs diff %.2g).", difference.max())
+    worst = check_reproduces_scan(
+        embedder.encode(sample), fused_from_scan(scanned, spec)[: len(sample)], "The built embedder"
+    )
+    logger.info("Built embedder reproduces the scanned vectors (worst difference %.2g of a vector's scale).", worst)

@@ -109,6 +109,30 @@ class TaskScan:
     test: dict[str, dict[str, LayerVectors]] | None = None
 
 
+REPRODUCTION_TOLERANCE = 5e-4
+"""How close a built embedder's vectors must come to the scanned vectors it was chosen from, as a fraction
+of each vector's largest magnitude. Only batch composition (which texts are padded together) separates the
+two, and fp32 rounding differences from it grow with depth and with a model's large activations. Measured on
+8 MR test texts (the scan batches them with other texts): Gemma3-270M's deeper layers differ by up to 1.2e-4
+of the vector's largest magnitude (5.9e-3 absolute, on values up to 50), SmolLM2-135M by at most 2e-5, MiniLM
+by 1e-6. Adjacent layers of those scans differ by at least 1.3e-3 of it (SmolLM2 mean pooling; typically
+3-35%), so a wrong layer, pooling or normalisation cannot pass. An element-wise ``atol + rtol * |x|`` fails
+on the small elements of large-valued vectors instead."""
+
+
+def check_reproduces_scan(actual: np.ndarray, expected: np.ndarray, what: str) -> float:
+    """Raise ``RuntimeError`` unless ``actual`` reproduces ``expected`` (texts x dimensions) within
+    :data:`REPRODUCTION_TOLERANCE` of each expected vector's largest magnitude; return the worst ratio."""
+    scale = np.maximum(np.abs(expected).max(axis=1, keepdims=True), np.finfo(np.float32).tiny)
+    worst = float((np.abs(np.asarray(actual) - expected) / scale).max())
+    if not worst <= REPRODUCTION_TOLERANCE:  # NaN fails too
+        raise RuntimeError(
+            f"{what} differs from the scanned vectors by up to {worst:.2g} of a vector's largest magnitude, beyond "
+            f"{REPRODUCTION_TOLERANCE:g}: it is not the embedder the scan measured."
+        )
+    return worst
+
+
 def fused_from_scan(scanned: dict[str, dict[str, LayerVectors]], spec: EmbedderSpec) -> np.ndarray:
     """``[N, dim]``: the vectors the embedder ``spec`` gives for the scanned texts, fused from cached layers.
 

@@ -341,3 +341,20 @@ def test_batches_sort_the_whole_input_by_token_count(tiny_models: dict[str, str]
     assert sorted(order.tolist()) == list(range(len(texts)))
     assert (np.diff(lengths[order]) <= 0).all()  # longest first across chunk boundaries
     assert [len(batch) for batch in batches] == [3, 1, 3, 1, 3, 1, 3, 1, 2]  # batches never straddle chunks
+
+
+def test_reproduction_check_allows_padding_noise_but_not_another_layer() -> None:
+    from lafusion_st.scan import REPRODUCTION_TOLERANCE, check_reproduces_scan
+
+    rng = np.random.default_rng(0)
+    expected = rng.normal(size=(4, 64)).astype(np.float32)
+    expected[:, 0] = 50.0  # one large activation sets the scale, as in Gemma3's pooled vectors
+    scale = np.abs(expected).max(axis=1, keepdims=True)
+    noise = expected + 0.9 * REPRODUCTION_TOLERANCE * scale * np.sign(rng.normal(size=expected.shape))
+    assert check_reproduces_scan(noise, expected, "noise") == pytest.approx(0.9 * REPRODUCTION_TOLERANCE, rel=1e-3)
+    beyond = expected.copy()
+    beyond[2, 5] += 1.1 * REPRODUCTION_TOLERANCE * scale[2, 0]  # one element of one text is enough to fail
+    with pytest.raises(RuntimeError, match="differs from the scanned vectors"):
+        check_reproduces_scan(beyond, expected, "one element")
+    with pytest.raises(RuntimeError, match="differs"):
+        check_reproduces_scan(np.full_like(expected, np.nan), expected, "NaN")
