@@ -1,14 +1,15 @@
 """Item 6 evidence: which head earns its cost? Logistic vs the paper's MLP, and for the SmolLM2 + Gemma3 pair
 concat vs the Hadamard- and sum-residual fusion heads.
 
-Run:  nice .venv/bin/python eval/classifier_heads.py [--datasets sst2 mr] [--pair-datasets mr]
-      [--embed mr] [--output eval/classifier] [--overwrite]
+Run:  nice .venv/bin/python eval/classifier_heads.py [--config eval/configs.json] [--datasets sst2 mr]
+      [--pair-datasets mr] [--embed mr] [--overwrite]
 
-Data: the stratified (seed 0) subsamples of eval/RESULTS.md (SST-2/MR 1000 train / 500 test, R8/R52
-500/300). Features: each model's layers chosen by CV on the training subsample in
-``eval/selection/<dataset>/report.json`` (greedy layers, with the pooling chosen there), read from the scan cache or
-computed by the built embedder (``--embed``); both are the vectors ``FusedClassifier`` sees (``lafusion run``
-checks the embedder against the scan).
+Data: the texts of the configuration file (``eval/configs.json``: the stratified, seed 0, subsamples of
+eval/RESULTS.md, SST-2/MR 1000 train / 500 test, R8/R52 500/300; ``eval/configs_full.json``: full splits).
+Features: each model's layers chosen by CV on the training split in its selection folder
+(``<selection_folder>/<dataset>/report.json``, greedy layers, with the pooling chosen there), read from the
+scan cache or computed by the built embedder (``--embed``); both are the vectors ``FusedClassifier`` sees
+(``lafusion run`` checks the embedder against the scan).
 Every head is fit on the training subsample only (the MLP heads carve their early-stopping split out of
 it) and scored once on the test subsample. Reported per head: test accuracy with its 95% percentile
 bootstrap interval over test texts, macro-F1, an exact McNemar test against the logistic head on the same
@@ -27,15 +28,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+from runner import REPOSITORY, Plan, load_data_plan
 from sklearn.metrics import f1_score
 
 from lafusion_st import build_fused_model
-from lafusion_st.data import load_bundled
 from lafusion_st.heads import HadamardResidualHead, LogisticHead, MLPHead, SumResidualHead
 from lafusion_st.scan import scan_task
 from lafusion_st.stats import accuracy_interval, holm, mcnemar
 
-SIZES = {"sst2": (1000, 500), "mr": (1000, 500), "r8": (500, 300), "r52": (500, 300)}
+DATASETS = ("sst2", "mr", "r8", "r52")
 SINGLE = "smollm2-135m"
 PAIR = ["smollm2-135m", "gemma3-270m"]
 
@@ -50,14 +51,12 @@ def chosen(task: str, model: str, selection_folder: Path) -> tuple[list[int], st
     return list(selections[model]["chosen"]), selections[model].get("pooling", "mean")
 
 
-def features(task: str, models: list[str], selection_folder: Path, embed: bool = False):
+def features(plan: Plan, task: str, models: list[str], embed: bool = False):
     """Train/test features of ``models`` at their chosen layers and pooling: from the scan cache, or (``embed``)
     from the built, truncated embedder, which costs less than a scan of every layer when nothing is cached.
     Also returns the block sizes and a name per model."""
-    max_train, max_test = SIZES[task]
-    train = load_bundled(task, "train").subsample(max_train, seed=0)
-    test = load_bundled(task, "test").subsample(max_test, seed=0)
-    choices = {model: chosen(task, model, selection_folder) for model in models}
+    train, test = plan.splits(task)
+    choices = {model: chosen(task, model, plan.selection_folder) for model in models}
     if embed:
         embedders = [
             build_fused_model(m, layers=layers, pooling=pooling, max_seq_length=256)
@@ -105,9 +104,9 @@ def evaluate(name, head, x_train, y_train, x_test, y_test, dims) -> dict:
     return row
 
 
-def run_dataset(task: str, with_pair: bool, selection_folder: Path, embed: bool) -> list[dict]:
+def run_dataset(plan: Plan, task: str, with_pair: bool, embed: bool) -> list[dict]:
     rows = []
-    x_train, y_train, x_test, y_test, dims, names = features(task, [SINGLE], selection_folder, embed)
+    x_train, y_train, x_test, y_test, dims, names = features(plan, task, [SINGLE], embed)
     label = names[SINGLE]
     print(f"{task}: {len(y_train)} train / {len(y_test)} test, {x_train.shape[1]} features", flush=True)
     single = [
@@ -116,7 +115,7 @@ def run_dataset(task: str, with_pair: bool, selection_folder: Path, embed: bool)
     ]
     rows += _compare(single)
     if with_pair:
-        x_train, y_train, x_test, y_test, dims, names = features(task, PAIR, selection_folder)
+        x_train, y_train, x_test, y_test, dims, names = features(plan, task, PAIR)
         label = " + ".join(names[m] for m in PAIR)
         pair = [
             evaluate(f"{label}, concat + logistic", LogisticHead(), x_train, y_train, x_test, y_test, dims),
@@ -161,35 +160,41 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=["sst2", "mr"], choices=sorted(SIZES))
-    parser.add_argument("--pair-datasets", nargs="*", default=["mr"], choices=sorted(SIZES))
+    parser.add_argument("--config", type=Path, default=REPOSITORY / "eval" / "configs.json", help="data settings")
+    parser.add_argument("--datasets", nargs="+", default=["sst2", "mr"], choices=DATASETS)
+    parser.add_argument("--pair-datasets", nargs="*", default=["mr"], choices=DATASETS)
     parser.add_argument(
         "--embed",
         nargs="*",
         default=[],
-        choices=sorted(SIZES),
+        choices=DATASETS,
         help="datasets whose single-model features come "
         "from the truncated embedder instead of the scan cache (cheaper when they are not scanned yet)",
     )
-    parser.add_argument("--selection-folder", type=Path, default=Path("eval/selection"))
-    parser.add_argument("--output", type=Path, default=Path("eval/classifier"))
     parser.add_argument("--overwrite", action="store_true", help="recompute datasets whose results exist")
     args = parser.parse_args(argv)
-    args.output.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for task in args.datasets:
-        path = args.output / f"heads_{task}.json"
+    plan = load_data_plan(args.config, args.datasets)
+    # The config file names where its heads tables go (default eval/classifier, beside eval/selection).
+    output = REPOSITORY / json.loads(args.config.read_text()).get("classifier_folder", "eval/classifier")
+    output.mkdir(parents=True, exist_ok=True)
+    for task in plan.datasets:
+        path = output / f"heads_{task}.json"
         if path.is_file() and not args.overwrite:
-            print(f"{task}: reusing {path} (--overwrite to recompute)")
-            rows += json.loads(path.read_text())
+            print(f"{task}: {path} exists (--overwrite to recompute)")
             continue
-        task_rows = run_dataset(task, task in args.pair_datasets, args.selection_folder, task in args.embed)
+        task_rows = run_dataset(plan, task, task in args.pair_datasets, task in args.embed)
         path.write_text("[\n" + ",\n".join(json.dumps(row) for row in task_rows) + "\n]\n")  # a row a line
-        rows += task_rows
+    # The table covers every dataset computed so far with this config (datasets may be run one at a time).
+    rows = [
+        row
+        for task in DATASETS
+        if (output / f"heads_{task}.json").is_file()
+        for row in json.loads((output / f"heads_{task}.json").read_text())
+    ]
     print()
     print(table(rows))
     command = " ".join(["python eval/classifier_heads.py", *(sys.argv[1:] if argv is None else argv)])
-    (args.output / "heads.md").write_text(f"Command: `{command}`\n\n{table(rows)}\n")
+    (output / "heads.md").write_text(f"Last command: `{command}`\n\n{table(rows)}\n")
     return 0
 
 
