@@ -22,6 +22,7 @@ from lafusion_st.spec import (
     EmbedderSpec,
     RunSettings,
     ScanSettings,
+    add_coarse_to_fine_arguments,
     add_dtype_argument,
     add_max_seq_length_argument,
 )
@@ -155,7 +156,8 @@ def add_selection_arguments(parser: argparse.ArgumentParser, default_models: lis
 
 
 def cmd_scan(args: argparse.Namespace) -> None:
-    """Scan every layer of each model over a task's texts into the cache (no selection)."""
+    """Scan every layer of each model over a task's texts into the cache (no selection); coarse-to-fine, only
+    the layers up to the deepest that can win on a sample."""
     from lafusion_st.scan import scan_task
 
     _, train, test = load_task_from_args(args)
@@ -167,6 +169,8 @@ def cmd_scan(args: argparse.Namespace) -> None:
                 ("max_seq_length", args.max_seq_length),
                 ("batch_size", args.batch_size),
                 ("dtype", args.dtype),
+                ("coarse_to_fine", args.coarse_to_fine),
+                ("coarse_sample_size", args.coarse_sample_size),
             )
             if value is not None
         }
@@ -176,16 +180,29 @@ def cmd_scan(args: argparse.Namespace) -> None:
         from lafusion_st.ray_options import RayOptions
 
         engine = {"engine": "ray", "ray_options": RayOptions.from_args(args)}
-    scans = scan_task(
-        args.models,
-        train.texts,
-        test.texts,
-        poolings=settings.poolings,
-        max_seq_length=settings.max_seq_length,
-        batch_size=settings.batch_size,
-        dtype=settings.dtype,
+    scanner_settings = {
+        "max_seq_length": settings.max_seq_length,
+        "batch_size": settings.batch_size,
+        "dtype": settings.dtype,
         **engine,
-    )
+    }
+    if settings.coarse_to_fine:
+        from lafusion_st.coarse_to_fine import describe, scan_task_coarse_to_fine
+        from lafusion_st.probe import ProbeConfig
+
+        scans, coarse = scan_task_coarse_to_fine(
+            args.models,
+            train,
+            test.texts,
+            settings.poolings,
+            sample_size=settings.coarse_sample_size,
+            config=ProbeConfig(seed=args.seed),
+            **scanner_settings,
+        )
+        for stage in coarse.values():
+            print(describe(stage))
+    else:
+        scans = scan_task(args.models, train.texts, test.texts, poolings=settings.poolings, **scanner_settings)
     for split, by_model in (("train", scans.train), ("test", scans.test)):
         for model, by_pooling in by_model.items():
             for pooling, vectors in by_pooling.items():
@@ -323,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_max_seq_length_argument(scan)
     scan.add_argument("--batch-size", type=int, help=f"default: {ScanSettings.batch_size}")
     add_dtype_argument(scan)
+    add_coarse_to_fine_arguments(scan)
     add_ray_arguments(scan)
     scan.set_defaults(run=cmd_scan)
 

@@ -217,6 +217,7 @@ class RayLayerScanner(LayerScanner):
             "device": scanner_kwargs.get("device"),
             "model_cache_dir": scanner_kwargs.get("model_cache_dir"),
             "dtype": self.dtype,
+            "num_layers": self.num_layers,
         }
 
     def _embed_jobs(
@@ -243,6 +244,6 @@ class RayLayerScanner(LayerScanner):
         )
         for row in pooled.iter_rows():
             job = int(row["job"])
-            shape = (len(poolings), self.source_num_layers + 1, len(batches[job]), self.hidden_size)
+            shape = (len(poolings), self.num_layers + 1, len(batches[job]), self.hidden_size)
             stacked = np.frombuffer(row["pooled"], dtype=np.float32).reshape(shape)
             yield job, dict(zip(poolings, stacked, strict=True))

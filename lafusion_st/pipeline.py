@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from lafusion_st.coarse_to_fine import CoarseScan, describe, scan_task_coarse_to_fine
 from lafusion_st.data import LabeledTexts, check_classification_data
 from lafusion_st.probe import ProbeConfig, ProbeScore, TestScore, cross_validate, fit_and_test
 from lafusion_st.report import plot_layer_curves, write_report
@@ -89,7 +90,9 @@ class Comparison:
 @dataclass
 class RunResult:
     """The result rows, keyed by ``(model, role)`` (``model`` is ``"a+b"`` for a row over several models), the
-    chosen embedder's spec, each model's search, the paired comparisons, the scans, and the files written."""
+    chosen embedder's spec, each model's search, the paired comparisons, the scans, the files written, and
+    each model's coarse stage (empty unless coarse-to-fine; a model whose last layer was not scanned in full
+    then has no ``last layer`` row)."""
 
     rows: dict[tuple[str, str], Row]
     chosen: EmbedderSpec
@@ -100,6 +103,7 @@ class RunResult:
     plot_path: Path
     model_path: Path
     scans: TaskScan
+    coarse: dict[str, CoarseScan]
 
     def layers(self, model: str) -> list[int]:
         """The layers the search chose for ``model`` (also for a model the model search dropped)."""
@@ -136,15 +140,25 @@ def run_task(
     check_classification_data(train, test)
     output_dir = Path(output_dir)
     scan = settings.scan
-    scans = scan_task(
-        models,
-        train.texts,
-        test.texts if test is not None else None,
-        poolings=scan.poolings,
-        max_seq_length=scan.max_seq_length,
-        batch_size=scan.batch_size,
-        dtype=scan.dtype,
-    )
+    scanner_settings = {"max_seq_length": scan.max_seq_length, "batch_size": scan.batch_size, "dtype": scan.dtype}
+    test_texts = test.texts if test is not None else None
+    coarse: dict[str, CoarseScan] = {}
+    if scan.coarse_to_fine:
+        scans, coarse = scan_task_coarse_to_fine(
+            models,
+            train,
+            test_texts,
+            scan.poolings,
+            sample_size=scan.coarse_sample_size,
+            standard_errors=settings.standard_errors,
+            config=settings.probe,
+            **scanner_settings,
+        )
+        for line in map(describe, coarse.values()):
+            logger.info(line)
+    else:
+        scans = scan_task(models, train.texts, test_texts, poolings=scan.poolings, **scanner_settings)
+    incumbents = {model: coarse[model].incumbent if model in coarse else None for model in models}
     labels = np.asarray(train.labels)
     rows: dict[tuple[str, str], Row] = {}
 
@@ -164,12 +178,13 @@ def run_task(
             labels,
             max_layers=settings.max_layers,
             standard_errors=settings.standard_errors,
+            incumbent=incumbents[model],
             config=settings.probe,
         )
         best, best_score = search.best_single[search.pooling]
-        last = len(search.curves[search.pooling]) - 1
         chosen_specs[model] = settings.spec([model], [search.layers], [search.pooling])
-        add_row(LAST_LAYER, settings.spec([model], [[last]], [settings.poolings[0]]), search.last_layer)
+        if incumbents[model] is None:  # else the last layer was not scanned in full: no row rather than a guess
+            add_row(LAST_LAYER, settings.spec([model], [[search.incumbent]], [settings.poolings[0]]), search.last_layer)
         add_row(BEST_LAYER, settings.spec([model], [[best]], [search.pooling]), best_score)
         add_row(FUSED_LAYERS, chosen_specs[model], search.score)
 
@@ -194,6 +209,7 @@ def run_task(
             [settings.probe.seed + offset for offset in range(settings.seeds)],
             max_layers=settings.max_layers,
             standard_errors=settings.standard_errors,
+            incumbent=incumbents[model],
             config=settings.probe,
             show_progress_bar=False,
         )
@@ -213,12 +229,18 @@ def run_task(
         {f"{model} ({search.pooling})": search.curves[search.pooling] for model, search in searches.items()},
         {f"{model} ({search.pooling})": search.layers for model, search in searches.items()},
         task=task,
+        num_hidden_layers={
+            f"{model} ({search.pooling})": coarse[model].source_num_layers
+            for model, search in searches.items()
+            if model in coarse
+        },
     )
     report_path = output_dir / "report.json"
     write_report(
         report_path,
         task=task,
         layer_scores={model: search.curves[search.pooling] for model, search in searches.items()},
+        num_hidden_layers={model: stage.source_num_layers for model, stage in coarse.items()},
         selections={**searches, **({"models": model_selection} if model_selection is not None else {})},
         complementarity=model_complementarity,
         test_scores={row.label: row.test for row in rows.values() if row.test is not None},
@@ -233,6 +255,7 @@ def run_task(
             "chosen_models": chosen_models,
             "chosen": chosen.to_dict(),
             "model_path": str(model_path),
+            "coarse_to_fine": {model: stage.to_dict() for model, stage in coarse.items()} if coarse else None,
         },
         extra={
             "kept_simpler": {
@@ -249,17 +272,19 @@ def run_task(
             "stability": {model: result.to_dict() for model, result in stable.items()},
         },
     )
-    return RunResult(rows, chosen, searches, comparisons, stable, report_path, Path(plot_path), model_path, scans)
+    return RunResult(
+        rows, chosen, searches, comparisons, stable, report_path, Path(plot_path), model_path, scans, coarse
+    )
 
 
 def compare_rows(rows: dict[tuple[str, str], Row], models: list[str]) -> list[Comparison]:
-    """McNemar tests of :data:`COMPARISONS` per model (skipping identical configurations), Holm-adjusted
-    together."""
+    """McNemar tests of :data:`COMPARISONS` per model (skipping identical configurations and rows a
+    coarse-to-fine run has not got), Holm-adjusted together."""
     pairs = [
         (rows[(model, a)], rows[(model, b)])
         for model in models
         for a, b in COMPARISONS
-        if rows[(model, a)].spec != rows[(model, b)].spec
+        if (model, a) in rows and (model, b) in rows and rows[(model, a)].spec != rows[(model, b)].spec
     ]
     tests = [mcnemar(a.test.correct, b.test.correct) for a, b in pairs]
     adjusted = holm([test.p_value for test in tests])
@@ -307,6 +332,7 @@ def format_table(result: RunResult) -> str:
             f"{model}: pooling {search.pooling}, layers {search.layers}; "
             f"simpler choice kept {len(search.kept_simpler)} time(s) (report.json: kept_simpler)"
         )
+    lines += [describe(stage) for stage in result.coarse.values()]
     for model, stable in result.stability.items():
         counts = ", ".join(f"{layer}: {count}/{len(stable.seeds)}" for layer, count in stable.layer_counts.items())
         lines.append(
@@ -336,6 +362,7 @@ def _joined(specs: dict[str, EmbedderSpec], models: list[str]) -> EmbedderSpec:
         tuple(specs[model].layers[0] for model in models),
         tuple(specs[model].pooling[0] for model in models),
         max_seq_length=first.max_seq_length,
+        dtype=first.dtype,
     )
 
 

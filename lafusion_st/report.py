@@ -32,6 +32,7 @@ def build_report(
     probe_config: ProbeConfig | None = None,
     settings: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    num_hidden_layers: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """The report as plain JSON types.
 
@@ -46,14 +47,18 @@ def build_report(
         probe_config: The probe settings used for every score.
         settings: Anything else worth recording (poolings, max_seq_length, subsample sizes, timings, ...).
         extra: Further top-level sections, already JSON types (decisions, paired comparisons, ...).
+        num_hidden_layers: ``model -> depth L`` of models whose scores stop before the last layer (a
+            coarse-to-fine scan); their entry then says which layers were scored (``scored_layers``).
     """
     models = {}
     for model, scores in layer_scores.items():
         best = max(range(len(scores)), key=lambda layer: (scores[layer].accuracy_mean, -layer))
+        depth = (num_hidden_layers or {}).get(model, len(scores) - 1)
         models[model] = {
-            "num_hidden_layers": len(scores) - 1,
+            "num_hidden_layers": depth,
             "best_layer": best,
-            "last_layer": len(scores) - 1,
+            "last_layer": depth,
+            **({"scored_layers": len(scores) - 1} if depth != len(scores) - 1 else {}),
             "layers": [{"layer": layer, **score.to_dict()} for layer, score in enumerate(scores)],
         }
     report = {
@@ -85,11 +90,14 @@ def plot_layer_curves(
     *,
     task: str,
     metric: Metric = "accuracy",
+    num_hidden_layers: Mapping[str, int] | None = None,
 ) -> Path:
     """A PNG with one CV-score curve per model over its layers.
 
     x is the layer index (0 = embedding output), y the CV ``metric`` with a band of one standard deviation
-    over folds. Each model's last layer is ringed (the usual default choice), its chosen layers starred.
+    over folds. Each model's last layer is ringed (the usual default choice), its chosen layers starred; a
+    curve that stops before the last layer (``num_hidden_layers`` says the model is deeper) has no ring and
+    says where it stops in its legend.
 
     Args:
         path: Output PNG file.
@@ -97,6 +105,7 @@ def plot_layer_curves(
         chosen: ``model -> chosen layers`` to mark.
         task: Task name for the title.
         metric: ``accuracy`` or ``macro_f1``.
+        num_hidden_layers: ``model -> depth L`` for curves that may stop before the last layer.
     """
     check_metric(metric)
     if not curves:
@@ -108,7 +117,9 @@ def plot_layer_curves(
         layers = list(range(len(scores)))
         means = [score.mean(metric) for score in scores]
         stds = [score.std(metric) for score in scores]
-        axes.plot(layers, means, color=color, marker=".", label=model)
+        depth = (num_hidden_layers or {}).get(model, layers[-1])
+        truncated = f" (scanned to layer {layers[-1]} of {depth})" if depth != layers[-1] else ""
+        axes.plot(layers, means, color=color, marker=".", label=model + truncated)
         axes.fill_between(
             layers,
             [m - s for m, s in zip(means, stds, strict=True)],
@@ -116,16 +127,17 @@ def plot_layer_curves(
             color=color,
             alpha=0.2,
         )
-        axes.scatter(
-            [layers[-1]],
-            [means[-1]],
-            s=120,
-            facecolors="none",
-            edgecolors=color,
-            linewidths=1.5,
-            label="last layer (ringed)" if index == 0 else None,
-            zorder=3,
-        )
+        if not truncated:
+            axes.scatter(
+                [layers[-1]],
+                [means[-1]],
+                s=120,
+                facecolors="none",
+                edgecolors=color,
+                linewidths=1.5,
+                label="last layer (ringed)" if index == 0 else None,
+                zorder=3,
+            )
         picked = sorted((chosen or {}).get(model, []))
         if picked:
             axes.scatter(

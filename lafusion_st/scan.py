@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer
 
+from lafusion_st.errors import InvalidArgumentError
 from lafusion_st.fusion import fuse
 from lafusion_st.layers import resolve_layers
 from lafusion_st.modes import ENGINES, Dtype, Engine
@@ -74,26 +75,51 @@ class LayerVectors:
     Attributes:
         model: The model as the caller named it (short name or folder).
         pooling: The pooling mode used.
-        vectors: ``[L + 1, N, H]`` float32; ``vectors[l]`` holds layer ``l`` in ``hidden_states``
-            numbering (0 = embedding output, ``L`` = last layer), rows in the order of the texts.
+        vectors: ``[D + 1, N, H]`` float32; ``vectors[l]`` holds layer ``l`` in ``hidden_states``
+            numbering (0 = embedding output), rows in the order of the texts. ``D`` is the model's depth ``L``,
+            or less for a truncated scan (coarse-to-fine, see :mod:`lafusion_st.coarse_to_fine`).
         cache_file: The safetensors file holding them.
+        model_num_layers: Depth ``L`` of the model when the scan stopped before its last layer (``None``: the
+            scan holds every layer).
     """
 
     model: str
     pooling: str
     vectors: np.ndarray
     cache_file: Path | None = None
+    model_num_layers: int | None = None
 
     @property
     def source_num_layers(self) -> int:
-        """Depth ``L`` of the model (``vectors`` has ``L + 1`` layers)."""
+        """Depth ``L`` of the model (what ``-1`` means), whether or not the scan reached its last layer."""
+        return self.model_num_layers if self.model_num_layers is not None else self.scanned_num_layers
+
+    @property
+    def scanned_num_layers(self) -> int:
+        """Deepest layer held (``vectors`` has this many layers + 1); below :attr:`source_num_layers` for a
+        truncated scan."""
         return self.vectors.shape[0] - 1
+
+    def resolve(self, layers: Sequence[int]) -> list[int]:
+        """Resolve ``layers`` against the model's depth, refusing any the scan does not hold.
+
+        Why: a truncated scan must never stand in for a full one. Asking it for the last layer (``-1``) is an
+        error that names the depth scanned, not layer ``D`` served as if it were the last.
+        """
+        resolved = resolve_layers(layers, self.source_num_layers)
+        missing = [layer for layer in resolved if layer > self.scanned_num_layers]
+        if missing:
+            raise InvalidArgumentError(
+                f"Layer(s) {missing} of {self.model} were not scanned: this scan stops at layer "
+                f"{self.scanned_num_layers} of {self.source_num_layers} (coarse-to-fine keeps only layers that can "
+                "win on the sample); scan without coarse-to-fine to get them."
+            )
+        return resolved
 
     def concat(self, layers: Sequence[int]) -> np.ndarray:
         """``[N, len(layers) * H]``: the chosen layers side by side, in ascending layer order, which is how
         ``LayerSelect`` with ``fusion="concat"`` lays them out. Negative indices count from the end."""
-        resolved = resolve_layers(layers, self.source_num_layers)
-        return np.concatenate([self.vectors[index] for index in resolved], axis=1)
+        return np.concatenate([self.vectors[index] for index in self.resolve(layers)], axis=1)
 
 
 @dataclass
@@ -148,7 +174,7 @@ def fused_from_scan(scanned: dict[str, dict[str, LayerVectors]], spec: EmbedderS
         raise ValueError(f"{spec.name}: weighted fusion needs trained weights; encode with the built model.")
     per_model = [
         fuse(
-            [torch.from_numpy(vectors.vectors[layer]) for layer in resolve_layers(layers, vectors.source_num_layers)],
+            [torch.from_numpy(vectors.vectors[layer]) for layer in vectors.resolve(layers)],
             spec.fusion,
         )
         for model, layers, pooling in zip(spec.models, spec.layers, spec.pooling, strict=True)
@@ -172,6 +198,9 @@ class LayerScanner:
         show_progress_bar: Show a tqdm bar over the batches that need a forward pass.
         dtype: Compute precision of the forward pass (``fp32``, ``bf16``, ``fp16``; see
             :mod:`lafusion_st.precision`). Part of the cache key, so precisions never share an entry.
+        num_layers: Scan only layers ``0..num_layers`` (a truncated forward that never runs the deeper
+            layers, as coarse-to-fine does); ``None`` or the model's depth scans every layer. Part of the cache
+            key, so a truncated scan is never served as a full one.
     """
 
     def __init__(
@@ -187,6 +216,7 @@ class LayerScanner:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         show_progress_bar: bool = True,
         dtype: Dtype = "fp32",
+        num_layers: int | None = None,
     ) -> None:
         if isinstance(poolings, str):
             poolings = [poolings]
@@ -211,14 +241,28 @@ class LayerScanner:
         text_config = getattr(config, "text_config", None) or config
         self.source_num_layers = int(text_config.num_hidden_layers)
         self.hidden_size = int(text_config.hidden_size)
+        if num_layers is not None and (
+            isinstance(num_layers, bool)
+            or not isinstance(num_layers, int)
+            or not 1 <= num_layers <= self.source_num_layers
+        ):
+            raise InvalidArgumentError(
+                f"num_layers must be an integer in 1..{self.source_num_layers} (the depth of {model}), got "
+                f"{num_layers!r}."
+            )
+        self.num_layers = self.source_num_layers if num_layers is None else num_layers
+        """Deepest layer scanned: the model's depth, or less for a truncated scan."""
         self._module: TruncatedTransformer | None = None
         self._tokenizer: Any = None
 
     @property
     def module(self) -> TruncatedTransformer:
-        """The untruncated backbone, loaded on first use (a full cache hit never loads it)."""
+        """The backbone up to layer :attr:`num_layers` (the whole model by default), loaded on first use (a
+        full cache hit never loads it)."""
         if self._module is None:
-            module = TruncatedTransformer(self.model_path, max_seq_length=self.max_seq_length, dtype=self.dtype)
+            module = TruncatedTransformer(
+                self.model_path, num_layers=self.num_layers, max_seq_length=self.max_seq_length, dtype=self.dtype
+            )
             self._module = module.to(self.device).eval()
         return self._module
 
@@ -239,8 +283,9 @@ class LayerScanner:
             pooling=pooling,
             max_seq_length=self.max_seq_length,
             texts_sha256=texts_sha256(texts),
-            shape=(self.source_num_layers + 1, len(texts), self.hidden_size),
+            shape=(self.num_layers + 1, len(texts), self.hidden_size),
             dtype=self.dtype,
+            num_layers=self.num_layers if self.num_layers < self.source_num_layers else None,
         )
         return ScanCacheEntry(self.cache_dir, Path(self.model_path).name, key)
 
@@ -274,8 +319,9 @@ class LayerScanner:
                     self._compute(texts, missing, plan)
                     extra = {"model": self.model, "model_path": self.model_path}
                     found.update({pooling: entry.finalize(plan, extra) for pooling, entry in missing.items()})
+        truncated = self.source_num_layers if self.num_layers < self.source_num_layers else None
         return {
-            pooling: LayerVectors(self.model, pooling, vectors, entries[pooling].data_file)
+            pooling: LayerVectors(self.model, pooling, vectors, entries[pooling].data_file, truncated)
             for pooling, vectors in found.items()
         }
 
@@ -309,7 +355,7 @@ class LayerScanner:
         return {name: value.to(self.device) if torch.is_tensor(value) else value for name, value in features.items()}
 
     def _chunk_shape(self, start: int, end: int) -> tuple[int, int, int]:
-        return self.source_num_layers + 1, end - start, self.hidden_size
+        return self.num_layers + 1, end - start, self.hidden_size
 
     def _compute(self, texts: list[str], missing: dict[str, ScanCacheEntry], plan: list[np.ndarray]) -> None:
         """Run the model over every chunk some pooling still lacks, writing each chunk when it is done.
@@ -375,9 +421,9 @@ class LayerScanner:
         with torch.inference_mode():
             features = self.module.forward(self.preprocess(texts))
             hidden_states = features["all_layer_embeddings"]
-            if len(hidden_states) != self.source_num_layers + 1:
+            if len(hidden_states) != self.num_layers + 1:
                 raise RuntimeError(
-                    f"{self.model} returned {len(hidden_states)} hidden states, expected {self.source_num_layers + 1}."
+                    f"{self.model} returned {len(hidden_states)} hidden states, expected {self.num_layers + 1}."
                 )
             # Layer by layer rather than one stacked tensor: the same values without an [L+1, B, T, H] copy.
             return {

@@ -81,6 +81,9 @@ class ScanKey:
         vector_rules: :data:`VECTOR_RULES` of the code that computed the vectors.
         dtype: Compute precision of the forward pass; left out of the fields (and so of the digest) at its
             default ``fp32``, so entries written before precision was a setting keep their keys.
+        num_layers: Depth of a truncated forward pass (layers ``0..num_layers`` scanned, as a coarse-to-fine
+            scan does); ``None`` for the whole model, and then left out of the fields so that full scans keep
+            their keys. Stated even though ``shape`` implies it, so that the key says what was computed.
     """
 
     model_fingerprint: str
@@ -90,6 +93,7 @@ class ScanKey:
     shape: tuple[int, int, int]
     vector_rules: int = field(default_factory=lambda: VECTOR_RULES)  # read when a key is made
     dtype: str = "fp32"
+    num_layers: int | None = None
 
     def fields(self) -> dict[str, Any]:
         """The key as JSON-ready fields, as stored in (and compared against) the sidecar."""
@@ -97,6 +101,8 @@ class ScanKey:
         fields["shape"] = list(self.shape)
         if self.dtype == "fp32":
             del fields["dtype"]
+        if self.num_layers is None:
+            del fields["num_layers"]
         return fields
 
     @property

@@ -304,13 +304,14 @@ def greedy_layers(
     standard_errors: float = STANDARD_ERRORS,
     max_layers: int = 4,
     candidates: Sequence[int] | None = None,
+    start: int | None = None,
     metric: Metric = "accuracy",
     config: ProbeConfig = ProbeConfig(),
     show_progress_bar: bool = True,
 ) -> Selection:
     """Greedy forward selection of layers under the noise rule (ranking probe).
 
-    Starts from the last layer; the best single candidate replaces it if it passes the noise rule. Each
+    Starts from the last layer (or ``start``); the best single candidate replaces it if it passes the noise rule. Each
     round then scores every remaining candidate added to the current set and keeps the best, as long as it
     passes the noise rule against the current set and the set has fewer than ``max_layers`` layers.
 
@@ -323,6 +324,8 @@ def greedy_layers(
         candidates: Layers that may be chosen besides the last, which is always the starting point (default
             all). Each round costs one CV per candidate, so restricting them (e.g. to the top 8 single
             layers) bounds the cost on many-class tasks.
+        start: The incumbent instead of the last layer of ``vectors``: the sample's best layer when a
+            coarse-to-fine scan stopped before the model's last layer (see :mod:`lafusion_st.coarse_to_fine`).
         metric: What is maximised.
         config: Probe settings.
         show_progress_bar: One bar per round.
@@ -334,12 +337,13 @@ def greedy_layers(
     pool = sorted({int(layer) for layer in (range(vectors.shape[0]) if candidates is None else candidates)})
     if not pool or not all(0 <= layer <= last for layer in pool):
         raise ValueError(f"candidates must be non-empty layer indices in 0..{last}, got {candidates!r}.")
-    singles = {layer: scores[layer] for layer in sorted({*pool, last})}
+    start = last if start is None else _check_layer("start", start, last)
+    singles = {layer: scores[layer] for layer in sorted({*pool, start})}
     chosen, score, steps, decisions = _greedy(
         singles,
         lambda keys: _concat_layers(vectors, sorted(keys)),
         labels,
-        start=last,
+        start=start,
         max_size=max_layers,
         standard_errors=standard_errors,
         metric=metric,
@@ -434,12 +438,15 @@ class LayerSearch:
         pooling: The chosen pooling.
         layers: The chosen layers (ascending).
         score: Tuned-probe CV score of the choice.
-        last_layer: Tuned-probe CV score of the last layer under the first (default) pooling: the baseline.
+        last_layer: Tuned-probe CV score of the incumbent under the first (default) pooling: the baseline. The
+            incumbent is the last layer, unless a coarse-to-fine scan stopped before it (see ``incumbent``).
         curves: ``pooling -> ranking-probe CV score of every layer``.
         best_single: ``pooling -> (its best single layer by the ranking probe, that layer's tuned-probe score)``.
         selection: The greedy layer selection under the chosen pooling (ranking probe, with its decisions).
         decisions: The tuned probe's decisions: each further pooling against the current one, then the
-            choice against the last layer.
+            choice against the incumbent.
+        incumbent: The layer every choice had to beat: the last layer of the vectors searched, or the layer
+            the caller named (:func:`search_layers`' ``incumbent``).
     """
 
     pooling: str
@@ -450,6 +457,7 @@ class LayerSearch:
     best_single: dict[str, tuple[int, ProbeScore]]
     selection: Selection
     decisions: list[Decision]
+    incumbent: int
 
     @property
     def kept_simpler(self) -> list[Decision]:
@@ -463,6 +471,7 @@ class LayerSearch:
             "pooling": self.pooling,
             "score": self.score.to_dict(),
             "last_layer": self.last_layer.to_dict(),
+            "incumbent": self.incumbent,
             "best_single": {
                 pooling: {"layer": layer, "score": score.to_dict()}
                 for pooling, (layer, score) in self.best_single.items()
@@ -479,6 +488,7 @@ def search_layers(
     max_layers: int = 4,
     candidates: int = GREEDY_CANDIDATES,
     standard_errors: float = STANDARD_ERRORS,
+    incumbent: int | None = None,
     metric: Metric = "accuracy",
     config: ProbeConfig = ProbeConfig(),
     show_progress_bar: bool = True,
@@ -493,6 +503,10 @@ def search_layers(
     4. The tuned probe scores the choice, which must pass the noise rule against the last layer under the
        first pooling (the plain default embedder), or the last layer is kept.
 
+    ``incumbent`` replaces the last layer in steps 3 and 4. Why: a coarse-to-fine scan that stopped before the
+    model's last layer has no full-data vectors of it; the sample already refused it under the noise rule, so
+    the sample's best layer takes its place as what every choice must beat.
+
     Greedy fusion runs under the chosen pooling only: the poolings are compared on what each does best
     alone, which costs one layer curve per pooling instead of one greedy search each.
 
@@ -502,6 +516,8 @@ def search_layers(
         max_layers: Upper bound on the number of fused layers.
         candidates: How many of the best single layers greedy selection may add (all, if the model has fewer).
         standard_errors: The noise rule's margin.
+        incumbent: The layer (under the first pooling) every choice must beat; default the last layer of
+            ``vectors``.
         metric: What is maximised.
         config: Probe settings (both probes).
         show_progress_bar: Progress bars of the ranking probe.
@@ -516,6 +532,7 @@ def search_layers(
     if len(set(depths.values())) != 1:
         raise ValueError(f"Every pooling must have the same layers; got layer counts {depths}.")
     last = depths[poolings[0]] - 1
+    start = last if incumbent is None else _check_layer("incumbent", incumbent, last)
     _check_count("candidates", candidates, 10**9)  # more than the model has layers: all of them
     labels = np.asarray(labels)
     folds = usable_folds(labels, config.folds)
@@ -555,18 +572,19 @@ def search_layers(
         standard_errors=standard_errors,
         max_layers=max_layers,
         candidates=ranked[pooling][:candidates],
+        start=start,
         metric=metric,
         config=config,
         show_progress_bar=show_progress_bar,
     )
     layers, score = selection.chosen, tuned_cv(pooling, selection.chosen)
-    last_score = tuned_cv(poolings[0], [last])
-    if (pooling, layers) != (poolings[0], [last]):
-        names = (f"{poolings[0]} {[last]}", f"{pooling} {layers}")
-        decisions.append(rule(score, last_score, "against last layer", names))
+    last_score = tuned_cv(poolings[0], [start])
+    if (pooling, layers) != (poolings[0], [start]):
+        names = (f"{poolings[0]} {[start]}", f"{pooling} {layers}")
+        decisions.append(rule(score, last_score, "against last layer" if start == last else "against incumbent", names))
         if not decisions[-1].accepted:
-            pooling, layers, score = poolings[0], [last], last_score
-    return LayerSearch(pooling, layers, score, last_score, curves, best_single, selection, decisions)
+            pooling, layers, score = poolings[0], [start], last_score
+    return LayerSearch(pooling, layers, score, last_score, curves, best_single, selection, decisions, start)
 
 
 @dataclass(frozen=True)
@@ -736,6 +754,12 @@ def _check_scores(vectors: np.ndarray, scores: Sequence[ProbeScore]) -> None:
         raise ValueError(f"vectors must be [layers, texts, hidden], got shape {np.shape(vectors)}.")
     if len(scores) != vectors.shape[0]:
         raise ValueError(f"Got {len(scores)} layer scores for {vectors.shape[0]} layers.")
+
+
+def _check_layer(name: str, layer: int, last: int) -> int:
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer <= last:
+        raise ValueError(f"{name} must be a layer index in 0..{last}, got {layer!r}.")
+    return int(layer)
 
 
 def _check_count(name: str, value: int, limit: int) -> None:

@@ -218,18 +218,29 @@ _NAME_TAGS = {"max_seq_length": "len", "dtype": ""}
 
 @dataclass(frozen=True)
 class ScanSettings:
-    """What ``lafusion scan`` does: poolings computed from one forward pass, token limit, batch size, precision."""
+    """What ``lafusion scan`` does: poolings computed from one forward pass, token limit, batch size, precision,
+    and whether to scan coarse-to-fine.
+
+    Attributes:
+        coarse_to_fine: Score every layer on a stratified sample of ``coarse_sample_size`` training texts first,
+            then scan all texts only up to the deepest layer that can still win under the noise rule (see
+            :mod:`lafusion_st.coarse_to_fine`).
+        coarse_sample_size: Texts in that sample (all of them, if the training split has fewer).
+    """
 
     poolings: tuple[PoolingMode, ...] = (EmbedderSpec.pooling,)
     max_seq_length: int = EmbedderSpec.max_seq_length
     batch_size: int = BATCH_SIZE
     dtype: Dtype = EmbedderSpec.dtype
+    coarse_to_fine: bool = False
+    coarse_sample_size: int = 2000
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "poolings", tuple(self.poolings))
         for pooling in self.poolings:
             _check_choice("pooling", pooling, POOLING_MODES)
         _check_choice("dtype", self.dtype, DTYPES)
+        _check_coarse_to_fine(self.coarse_to_fine, self.coarse_sample_size)
 
 
 def _default_probe() -> ProbeConfig:
@@ -254,6 +265,9 @@ class RunSettings:
             stable its choice is (1: no repetition).
         probe: The probes' settings (CV folds, seed, C grids, ...).
         dtype: Precision of the scan and of the built embedder (the same, so the embedder reproduces the scan).
+        coarse_to_fine: Scan coarse-to-fine (see :class:`ScanSettings`): layers that lose to the sample's best
+            under the noise rule are never scanned on all texts, if they lie past every layer that can win.
+        coarse_sample_size: Texts in the coarse sample.
     """
 
     poolings: tuple[PoolingMode, ...] = (EmbedderSpec.pooling, "last")
@@ -264,6 +278,8 @@ class RunSettings:
     seeds: int = 1
     probe: ProbeConfig = field(default_factory=_default_probe)
     dtype: Dtype = EmbedderSpec.dtype
+    coarse_to_fine: bool = ScanSettings.coarse_to_fine
+    coarse_sample_size: int = ScanSettings.coarse_sample_size
 
     def __post_init__(self) -> None:
         self.poolings = tuple(dict.fromkeys(self.poolings))
@@ -275,10 +291,18 @@ class RunSettings:
             raise InvalidArgumentError(f"seeds must be a positive integer, got {self.seeds!r}.")
         if self.standard_errors < 0:
             raise InvalidArgumentError(f"standard_errors must be >= 0, got {self.standard_errors!r}.")
+        _check_coarse_to_fine(self.coarse_to_fine, self.coarse_sample_size)
 
     @property
     def scan(self) -> ScanSettings:
-        return ScanSettings(self.poolings, self.max_seq_length, self.batch_size, self.dtype)
+        return ScanSettings(
+            self.poolings,
+            self.max_seq_length,
+            self.batch_size,
+            self.dtype,
+            coarse_to_fine=self.coarse_to_fine,
+            coarse_sample_size=self.coarse_sample_size,
+        )
 
     def spec(
         self, models: Sequence[str], layers: Sequence[Sequence[int]], poolings: Sequence[PoolingMode] | None = None
@@ -296,7 +320,7 @@ class RunSettings:
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         """``--pooling``, ``--max-seq-length``, ``--batch-size``, ``--standard-errors``, ``--max-layers``,
-        ``--seeds``."""
+        ``--seeds``, ``--coarse-to-fine``, ``--coarse-sample-size``."""
         parser.add_argument(
             "--pooling", action="append", dest="poolings", choices=POOLING_MODES,
             help="candidate pooling, repeat for several; the first is the default another must beat "
@@ -321,6 +345,7 @@ class RunSettings:
             help="repeat the search with this many CV fold seeds and report how often each layer is chosen "
             f"(default: {RunSettings.seeds})",
         )  # fmt: skip
+        add_coarse_to_fine_arguments(parser)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, probe: ProbeConfig | None = None) -> RunSettings:
@@ -333,6 +358,8 @@ class RunSettings:
             seeds=args.seeds,
             probe=probe if probe is not None else _default_probe(),
             dtype=args.dtype or cls.dtype,
+            coarse_to_fine=args.coarse_to_fine,
+            coarse_sample_size=args.coarse_sample_size,
         )
 
 
@@ -351,6 +378,26 @@ def add_dtype_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup
         help=f"compute precision; bf16 needs native support (CPU with AVX512-BF16/AMX, or a GPU); fp16 is "
         f"GPU only (default: {EmbedderSpec.dtype})",
     )
+
+
+def add_coarse_to_fine_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--coarse-to-fine`` and ``--coarse-sample-size`` (defaults from :class:`ScanSettings`)."""
+    parser.add_argument(
+        "--coarse-to-fine", action="store_true",
+        help="score every layer on a stratified sample of the training texts first, then scan all texts only up "
+        "to the deepest layer that can still win under the noise rule (a truncated forward)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--coarse-sample-size", type=int, default=ScanSettings.coarse_sample_size,
+        help=f"training texts in the coarse sample (default: {ScanSettings.coarse_sample_size}, or all if fewer)",
+    )  # fmt: skip
+
+
+def _check_coarse_to_fine(enabled: Any, sample_size: Any) -> None:
+    if not isinstance(enabled, bool):
+        raise InvalidArgumentError(f"coarse_to_fine must be True or False, got {enabled!r}.")
+    if isinstance(sample_size, bool) or not isinstance(sample_size, int) or sample_size < 1:
+        raise InvalidArgumentError(f"coarse_sample_size must be a positive integer, got {sample_size!r}.")
 
 
 def parse_layers(text: str) -> list[int]:
