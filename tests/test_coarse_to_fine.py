@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import WORDS
 
-from lafusion_st.cli import main
+from lafusion_st.cli import build_parser, main
 from lafusion_st.coarse_to_fine import coarse_candidates, coarse_scan, scan_task_coarse_to_fine
 from lafusion_st.data import LabeledTexts
 from lafusion_st.errors import InvalidArgumentError
@@ -192,7 +192,31 @@ def test_bad_coarse_sample_sizes_are_refused(tiny_models, good_or_not, tmp_path,
             make()
 
 
-def test_other_bad_coarse_to_fine_input_is_refused(tiny_models, good_or_not, tmp_path, capsys) -> None:
+def test_scan_select_and_run_take_coarse_to_fine_from_the_command_line(
+    tiny_models, good_or_not, tmp_path, scan_cache_dir, capsys
+) -> None:
+    train = tmp_path / "train.jsonl"
+    rows = zip(good_or_not.texts, good_or_not.labels, strict=True)
+    train.write_text("".join(json.dumps({"text": text, "label": label}) + "\n" for text, label in rows))
+    arguments = ["--train", str(train), "--test", str(train), "-m", tiny_models["llama"], "--coarse-to-fine"]
+    assert main(["scan", *arguments, "--coarse-sample-size", "80"]) in (None, 0)
+    printed = capsys.readouterr().out
+    assert f"{tiny_models['llama']}: coarse-to-fine on 80 of 120 training texts; candidates mean [" in printed
+    depth = int(printed.split("scanned in full up to layer ")[1].split(" ")[0])
+    assert f"({depth + 1}, 120, 32)" in printed
+    for verb in ("select", "run"):
+        settings = RunSettings.from_args(build_parser().parse_args([verb, *arguments, "--coarse-sample-size", "80"]))
+        assert (settings.coarse_to_fine, settings.scan.coarse_to_fine, settings.scan.coarse_sample_size) == (
+            True,
+            True,
+            80,
+        )
+    assert not RunSettings.from_args(build_parser().parse_args(["select", "--task", "sst2"])).coarse_to_fine
+    assert main(["scan", *arguments, "--coarse-sample-size", "0"]) == 2
+    assert "coarse_sample_size must be a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_other_bad_coarse_to_fine_input_is_refused(tiny_models, good_or_not, tmp_path) -> None:
     with pytest.raises(InvalidArgumentError, match="coarse_to_fine must be True or False"):
         RunSettings(coarse_to_fine="yes")
     for depth in (0, 5, 2.0):
@@ -202,16 +226,6 @@ def test_other_bad_coarse_to_fine_input_is_refused(tiny_models, good_or_not, tmp
         coarse_scan(tiny_models["llama"], good_or_not, sample_size=1, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="at least one pooling"):
         coarse_candidates({})
-    train = tmp_path / "train.jsonl"
-    train.write_text(
-        "".join(
-            json.dumps({"text": t, "label": y}) + "\n"
-            for t, y in zip(good_or_not.texts, good_or_not.labels, strict=True)
-        )
-    )
-    arguments = ["--train", str(train), "--test", str(train), "-m", tiny_models["llama"], "--coarse-to-fine"]
-    assert main(["scan", *arguments, "--coarse-sample-size", "0"]) == 2
-    assert "coarse_sample_size must be a positive integer, got 0" in capsys.readouterr().err
 
 
 def test_scan_key_names_the_truncation_depth() -> None:
