@@ -30,10 +30,10 @@ from scipy.stats import binomtest, pearsonr
 
 from lafusion_st import precision
 from lafusion_st.data import load_bundled
-from lafusion_st.pipeline import GREEDY_CANDIDATES, RunSettings
 from lafusion_st.probe import fit_and_test, layer_scores
 from lafusion_st.scan import LayerScanner
-from lafusion_st.selection import greedy_layers
+from lafusion_st.selection import GREEDY_CANDIDATES, greedy_layers
+from lafusion_st.spec import RunSettings
 
 DTYPES = ("fp32", "bf16")
 
@@ -75,7 +75,7 @@ def choose(vectors: np.ndarray, labels: list, settings: RunSettings) -> tuple[li
         vectors,
         labels,
         curve,
-        threshold=settings.threshold,
+        standard_errors=settings.standard_errors,
         max_layers=settings.max_layers,
         candidates=candidates,
         config=settings.probe,
@@ -104,7 +104,7 @@ def main() -> None:
     scanners = {
         dtype: LayerScanner(
             args.model,
-            settings.pooling,
+            settings.poolings[0],
             batch_size=args.batch_size,
             max_seq_length=args.max_seq_length,
             dtype=dtype,

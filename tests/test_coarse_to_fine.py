@@ -18,7 +18,7 @@ from lafusion_st.pooling import POOLING_MODES
 from lafusion_st.probe import ProbeConfig, ProbeScore
 from lafusion_st.scan import LayerScanner, fused_from_scan
 from lafusion_st.scan_cache import ScanKey
-from lafusion_st.selection import noise_rule
+from lafusion_st.selection import noise_rule, search_layers
 from lafusion_st.spec import EmbedderSpec, RunSettings, ScanSettings
 
 FAST = ProbeConfig(folds=4, max_iter=200, Cs=(0.01, 0.1, 1.0))
@@ -226,6 +226,10 @@ def test_other_bad_coarse_to_fine_input_is_refused(tiny_models, good_or_not, tmp
         coarse_scan(tiny_models["llama"], good_or_not, sample_size=1, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="at least one pooling"):
         coarse_candidates({})
+    vectors = np.zeros((5, len(good_or_not), 4), np.float32)
+    for bad in (5, -1, True):
+        with pytest.raises(ValueError, match=r"incumbent must be a layer index in 0\.\.4"):
+            search_layers({"mean": vectors}, good_or_not.labels, incumbent=bad, config=FAST)
 
 
 def test_scan_key_names_the_truncation_depth() -> None:
