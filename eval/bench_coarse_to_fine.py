@@ -9,9 +9,11 @@ texts, each with its own empty scan cache (so both pay their forward passes):
   (``scan_task_coarse_to_fine``), then ``search_layers`` on those layers (its incumbent the sample's best
   layer when the last layer was not scanned in full).
 
-It prints the seconds of each stage, the layers scanned in full, the candidates, and each path's choice of
-pooling and layers. Training data only: nothing here reads a test split. Timings on a shared machine move
-with its load; the two paths run one after the other per dataset.
+It prints the wall and CPU seconds of each stage, the forward work (real tokens x transformer layers run, from
+the tokenizer: the part of the cost no machine load can move), the layers scanned in full, the candidates, and
+each path's choice of pooling and layers. Training data only: nothing here reads a test split. Wall times on a
+shared machine move with its load (the paths run one after the other per dataset); with one torch thread
+(``OMP_NUM_THREADS=1``) the CPU seconds follow the work done.
 
 Usage::
 
@@ -29,7 +31,7 @@ import torch
 
 from lafusion_st.coarse_to_fine import describe, scan_task_coarse_to_fine
 from lafusion_st.data import load_bundled
-from lafusion_st.scan import scan_task
+from lafusion_st.scan import make_scanner, scan_task
 from lafusion_st.selection import search_layers
 from lafusion_st.spec import RunSettings
 
@@ -37,6 +39,22 @@ from lafusion_st.spec import RunSettings
 def parse_data(text: str) -> tuple[str, int, int]:
     name, train, sample = text.split(":")
     return name, int(train), int(sample)
+
+
+def token_counts(model: str, texts: list[str], max_seq_length: int) -> int:
+    """Real tokens of ``texts`` as a scan feeds them to the model (truncated to ``max_seq_length``)."""
+    tokenizer = make_scanner(model, show_progress_bar=False).tokenizer
+    ids = tokenizer(texts, truncation=True, max_length=max_seq_length)["input_ids"]
+    return sum(max(len(row), 1) for row in ids)
+
+
+def clocks() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def since(start: tuple[float, float]) -> tuple[float, float]:
+    wall, cpu = clocks()
+    return wall - start[0], cpu - start[1]
 
 
 def main() -> None:
@@ -71,21 +89,23 @@ def main() -> None:
                 "show_progress_bar": False,
             }
 
-            started = time.perf_counter()
+            started = clocks()
             full_scan = scan_task(
                 args.model, train.texts, poolings=settings.poolings, cache_dir=root / f"{name}-full", **common
             )
-            scanned = time.perf_counter()
+            full_scan_time = since(started)
+            started = clocks()
             vectors = {pooling: full_scan.train[args.model][pooling].vectors for pooling in settings.poolings}
             full = search_layers(vectors, train.labels, **search)
-            full_times = (scanned - started, time.perf_counter() - scanned)
+            full_times = (full_scan_time, since(started))
             depth = vectors[settings.poolings[0]].shape[0] - 1
             print(
-                f"  full: scan {full_times[0]:.0f} s, selection {full_times[1]:.0f} s; chose {full.pooling} "
-                f"{full.layers} (CV {full.score.accuracy_mean:.4f})"
+                f"  full: scan {full_times[0][0]:.0f} s (CPU {full_times[0][1]:.0f} s), selection "
+                f"{full_times[1][0]:.0f} s (CPU {full_times[1][1]:.0f} s); chose {full.pooling} {full.layers} "
+                f"(CV {full.score.accuracy_mean:.4f})"
             )
 
-            started = time.perf_counter()
+            started = clocks()
             scans, coarse = scan_task_coarse_to_fine(
                 args.model,
                 train,
@@ -97,30 +117,45 @@ def main() -> None:
                 cache_dir=root / f"{name}-c2f",
                 **common,
             )
-            scanned = time.perf_counter()
+            fine_scan_time = since(started)
+            started = clocks()
             stage = coarse[args.model]
             vectors = {pooling: scans.train[args.model][pooling].vectors for pooling in settings.poolings}
             fine = search_layers(vectors, train.labels, incumbent=stage.incumbent, **search)
-            fine_times = (scanned - started, time.perf_counter() - scanned)
+            fine_times = (fine_scan_time, since(started))
             print(f"  {describe(stage)}")
             print(
-                f"  coarse-to-fine: coarse stage + truncated scan {fine_times[0]:.0f} s, "
-                f"selection {fine_times[1]:.0f} s; "
+                f"  coarse-to-fine: coarse stage + truncated scan {fine_times[0][0]:.0f} s (CPU "
+                f"{fine_times[0][1]:.0f} s), selection {fine_times[1][0]:.0f} s (CPU {fine_times[1][1]:.0f} s); "
                 f"chose {fine.pooling} {fine.layers} (CV {fine.score.accuracy_mean:.4f}); incumbent "
                 f"{'last layer' if stage.incumbent is None else f'layer {stage.incumbent}'}"
             )
+            sample = train.subsample(sample_size, seed=settings.probe.seed)
+            tokens = {
+                texts: token_counts(args.model, data.texts, settings.max_seq_length)
+                for texts, data in (("train", train), ("sample", sample))
+            }
+            work = (tokens["train"] * depth, tokens["sample"] * depth + tokens["train"] * stage.depth)
+            print(
+                f"  forward work (tokens x layers): full {work[0]:,}, coarse-to-fine {work[1]:,} "
+                f"({work[1] / work[0]:.2f} of full)"
+            )
             same = (full.pooling, full.layers) == (fine.pooling, fine.layers)
+            wall = [sum(stage_time[0] for stage_time in times) for times in (full_times, fine_times)]
+            cpu = [sum(stage_time[1] for stage_time in times) for times in (full_times, fine_times)]
             rows.append(
-                f"| {name} | {len(train)} / {stage.sample_size} | {full_times[0]:.0f} + {full_times[1]:.0f} = "
-                f"{sum(full_times):.0f} | {fine_times[0]:.0f} + {fine_times[1]:.0f} = {sum(fine_times):.0f} | "
-                f"{sum(full_times) / sum(fine_times):.2f}x | 0..{stage.depth} of {depth} | "
-                f"{full.pooling} {full.layers} | {fine.pooling} {fine.layers} | {'same' if same else 'differs'} |"
+                f"| {name} | {len(train)} / {stage.sample_size} | {full_times[0][0]:.0f} + {full_times[1][0]:.0f} = "
+                f"{wall[0]:.0f} | {fine_times[0][0]:.0f} + {fine_times[1][0]:.0f} = {wall[1]:.0f} | "
+                f"{cpu[0]:.0f} / {cpu[1]:.0f} ({cpu[0] / cpu[1]:.2f}x) | {work[1] / work[0]:.2f} | "
+                f"0..{stage.depth} of {depth} | {full.pooling} {full.layers} | {fine.pooling} {fine.layers} | "
+                f"{'same' if same else 'differs'} |"
             )
     print(
-        "\n| data | train / sample | full: scan + select (s) | coarse-to-fine: scans + select (s) | speed-up "
-        "| layers scanned in full | full choice | coarse-to-fine choice | choice |"
+        "\n| data | train / sample | full: scan + select, wall s | coarse-to-fine: scans + select, wall s | CPU s "
+        "full / c2f | forward work c2f / full | layers scanned in full | full choice | coarse-to-fine choice "
+        "| choice |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 
 
