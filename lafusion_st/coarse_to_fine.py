@@ -7,6 +7,8 @@ layers cannot win: those the sample's best layer beats under the noise rule of :
 stays a candidate, and the full training split is scanned only up to the deepest candidate, with the same
 truncated forward the built embedder uses: layers past it are never computed, which saves about
 ``(L - depth) / L`` of the full pass. The last layer is scanned in full only when it is itself a candidate.
+The sample's own scan costs ``sample / N`` of a full one, so the forward work is about ``sample / N + depth / L``
+of a full scan: it pays on large training splits (``N`` well above the sample) whose best layers are not deep.
 
 What later steps see. The full-data scan holds layers ``0..depth`` (:attr:`LayerVectors.scanned_num_layers`)
 and its cache entry is keyed on that depth, so it is never served as a full scan. Asking it for a deeper
