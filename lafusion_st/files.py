@@ -103,6 +103,28 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def read_json_object(
+    path: Path, error_cls: type[Exception] = InvalidArgumentError, *, remedy: str = ""
+) -> dict[str, Any]:
+    """Read a file that must hold one JSON object.
+
+    Why: every JSON file lafusion reads back (its own formats, cache sidecars) may have been truncated or
+    edited; a bad one must raise ``error_cls`` naming the file, never a bare ``JSONDecodeError`` or a
+    ``KeyError`` further on.
+
+    Raises:
+        error_cls: Not UTF-8 JSON, or not an object (``remedy`` is appended to the message).
+    """
+    suffix = f" {remedy}" if remedy else ""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise error_cls(f"{path} is not valid JSON ({error}).{suffix}") from error
+    if not isinstance(document, dict):
+        raise error_cls(f"{path} must hold a JSON object, got {type(document).__name__}.{suffix}")
+    return document
+
+
 def read_versioned_json(
     path: str | Path,
     format_name: str,
@@ -137,12 +159,7 @@ def read_versioned_json(
     suffix = f" {remedy}" if remedy else ""
     if not path.is_file():
         raise missing_cls(f"{path} is missing: {missing}" if missing else f"{path} is missing.")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise error_cls(f"{path} is not valid JSON ({error}).{suffix}") from error
-    if not isinstance(document, dict):
-        raise error_cls(f"{path} must hold a JSON object, got {type(document).__name__}.{suffix}")
+    document = read_json_object(path, error_cls, remedy=remedy)
     if document.get("format") != format_name:
         raise error_cls(f"{path} is not a {format_name} file (format {document.get('format')!r}).{suffix}")
     version = document.get("format_version")

@@ -37,7 +37,7 @@ from filelock import FileLock
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from lafusion_st.files import atomic_path, cache_root, file_sha256, write_text_atomic
+from lafusion_st.files import atomic_path, cache_root, file_sha256, read_json_object, write_text_atomic
 
 VECTOR_RULES = 2
 """Version of how lafusion turns texts into scanned vectors (tokenization rules such as the empty-text and
@@ -190,7 +190,7 @@ class ScanCacheEntry:
         if not self.sidecar_file.exists():  # removed as corrupt by the process this one waited for
             return None
         try:
-            sidecar = _read_sidecar(self.sidecar_file)
+            sidecar = read_json_object(self.sidecar_file, CorruptEntryError)
             for name, value in self.key.fields().items():
                 if sidecar.get(name) != value:
                     raise CorruptEntryError(f"sidecar field {name!r} is {sidecar.get(name)!r}, expected {value!r}")
@@ -299,17 +299,6 @@ def _write_checked(path: Path, vectors: np.ndarray) -> str:
             metadata={"sha256": checksum},
         )
     return checksum
-
-
-def _read_sidecar(path: Path) -> dict[str, Any]:
-    """The sidecar's fields (:class:`CorruptEntryError` if it is not a UTF-8 JSON object)."""
-    try:
-        sidecar = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CorruptEntryError(f"sidecar is not JSON: {error}") from error
-    if not isinstance(sidecar, dict):
-        raise CorruptEntryError(f"sidecar holds a {type(sidecar).__name__}, not an object")
-    return sidecar
 
 
 def _read_checked(path: Path, shape: list[int], sha256: str | None) -> np.ndarray:

@@ -36,6 +36,7 @@ from transformers import (
 )
 
 from lafusion_st.pooling import pool
+from lafusion_st.probe import ProbeScore
 
 WORDS = (
     "the a an movie film was is good bad great terrible boring fun plot actors story and but not very "
@@ -179,6 +180,26 @@ def more_tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str]
         return folders[family]
 
     return get
+
+
+def hand_made_score(accuracy_folds: list[float], probe: str = "ranking") -> ProbeScore:
+    """A probe score whose per-fold accuracies (and macro-F1) are ``accuracy_folds``: the noise rule and the
+    searches only read the fold scores, so tests of them need no data."""
+    folds = tuple(accuracy_folds)
+    return ProbeScore(
+        accuracy_mean=float(np.mean(folds)),
+        accuracy_std=float(np.std(folds)),
+        macro_f1_mean=float(np.mean(folds)),
+        macro_f1_std=float(np.std(folds)),
+        folds=len(folds),
+        num_samples=100,
+        num_features=4,
+        converged=True,
+        probe=probe,
+        accuracy_folds=folds,
+        macro_f1_folds=folds,
+        regularisation_folds=(1.0,) * len(folds),
+    )
 
 
 def reference_embeddings(folder: str, layers: list[int], pooling: str) -> np.ndarray:

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import WORDS
+from conftest import WORDS, hand_made_score
 
 from lafusion_st.cli import build_parser, main
 from lafusion_st.coarse_to_fine import coarse_candidates, coarse_scan, scan_task_coarse_to_fine
@@ -15,30 +15,13 @@ from lafusion_st.errors import InvalidArgumentError
 from lafusion_st.modules.truncated_transformer import find_layer_list
 from lafusion_st.pipeline import LAST_LAYER, format_table, run_task
 from lafusion_st.pooling import POOLING_MODES
-from lafusion_st.probe import ProbeConfig, ProbeScore
+from lafusion_st.probe import ProbeConfig
 from lafusion_st.scan import LayerScanner, fused_from_scan
 from lafusion_st.scan_cache import ScanKey
 from lafusion_st.selection import noise_rule, search_layers
 from lafusion_st.spec import EmbedderSpec, RunSettings, ScanSettings
 
 FAST = ProbeConfig(folds=4, max_iter=200, Cs=(0.01, 0.1, 1.0))
-
-
-def _score(folds: list[float]) -> ProbeScore:
-    return ProbeScore(
-        accuracy_mean=float(np.mean(folds)),
-        accuracy_std=float(np.std(folds)),
-        macro_f1_mean=float(np.mean(folds)),
-        macro_f1_std=float(np.std(folds)),
-        folds=len(folds),
-        num_samples=100,
-        num_features=8,
-        converged=True,
-        probe="ranking",
-        accuracy_folds=tuple(folds),
-        macro_f1_folds=tuple(folds),
-        regularisation_folds=(1.0,) * len(folds),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -98,13 +81,13 @@ def test_truncated_scan_equals_the_first_layers_of_a_full_scan(tiny_models, fami
 def test_candidates_are_the_layers_the_best_does_not_beat_under_the_noise_rule() -> None:
     curves = {
         "mean": [
-            _score([0.70, 0.72, 0.68, 0.71]),  # 0: far below the best in every fold
-            _score([0.86, 0.80, 0.90, 0.84]),  # 1: 0.01 lower on average, by fold noise (0.6 SE)
-            _score([0.88, 0.84, 0.86, 0.86]),  # 2: the best (0.86)
-            _score([0.87, 0.82, 0.86, 0.85]),  # 3: 0.01 lower on average, 2.4 SE: out at 1 SE, in at 3
-            _score([0.80, 0.82, 0.78, 0.80]),  # 4 (last): far below
+            hand_made_score([0.70, 0.72, 0.68, 0.71]),  # 0: far below the best in every fold
+            hand_made_score([0.86, 0.80, 0.90, 0.84]),  # 1: 0.01 lower on average, by fold noise (0.6 SE)
+            hand_made_score([0.88, 0.84, 0.86, 0.86]),  # 2: the best (0.86)
+            hand_made_score([0.87, 0.82, 0.86, 0.85]),  # 3: 0.01 lower on average, 2.4 SE: out at 1 SE, in at 3
+            hand_made_score([0.80, 0.82, 0.78, 0.80]),  # 4 (last): far below
         ],
-        "last": [_score([0.86, 0.84, 0.88, 0.86])] + [_score([0.5] * 4)] * 4,  # ties the best: kept
+        "last": [hand_made_score([0.86, 0.84, 0.88, 0.86])] + [hand_made_score([0.5] * 4)] * 4,  # ties the best: kept
     }
     best, candidates, decisions = coarse_candidates(curves)
     assert best == ("mean", 2)  # the tie goes to the first pooling

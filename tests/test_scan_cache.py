@@ -74,9 +74,9 @@ def _sidecar(entry: ScanCacheEntry, change) -> None:
 
 
 CORRUPTIONS = {
-    "sidecar not JSON": (lambda entry: entry.sidecar_file.write_text("{not json"), "sidecar is not JSON"),
-    "sidecar not UTF-8": (lambda entry: entry.sidecar_file.write_bytes(b"\xff\xfe"), "sidecar is not JSON"),
-    "sidecar a list": (lambda entry: entry.sidecar_file.write_text("[]"), "holds a list"),
+    "sidecar not JSON": (lambda entry: entry.sidecar_file.write_text("{not json"), "is not valid JSON"),
+    "sidecar not UTF-8": (lambda entry: entry.sidecar_file.write_bytes(b"\xff\xfe"), "is not valid JSON"),
+    "sidecar a list": (lambda entry: entry.sidecar_file.write_text("[]"), "must hold a JSON object, got list"),
     "other key": (lambda entry: _sidecar(entry, lambda s: {**s, "pooling": "max"}), "field 'pooling'"),
     "data missing": (lambda entry: entry.data_file.unlink(), "is missing"),
     "data truncated": (

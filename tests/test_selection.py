@@ -7,8 +7,9 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import hand_made_score
 
-from lafusion_st.probe import ProbeConfig, ProbeScore, cross_validate, fit_and_test, layer_scores, usable_folds
+from lafusion_st.probe import ProbeConfig, cross_validate, fit_and_test, layer_scores, usable_folds
 from lafusion_st.report import plot_layer_curves, write_report
 from lafusion_st.selection import (
     best_window,
@@ -233,45 +234,26 @@ def test_report_and_plot_are_written(two_halves, tmp_path) -> None:
         plot_layer_curves(tmp_path / "empty.png", {}, task="toy")
 
 
-def _score(accuracy_folds: list[float], probe: str = "ranking") -> ProbeScore:
-    """A hand-made score whose per-fold accuracies are ``accuracy_folds``."""
-    folds = tuple(accuracy_folds)
-    return ProbeScore(
-        accuracy_mean=float(np.mean(folds)),
-        accuracy_std=float(np.std(folds)),
-        macro_f1_mean=float(np.mean(folds)),
-        macro_f1_std=float(np.std(folds)),
-        folds=len(folds),
-        num_samples=100,
-        num_features=4,
-        converged=True,
-        probe=probe,
-        accuracy_folds=folds,
-        macro_f1_folds=folds,
-        regularisation_folds=(1.0,) * len(folds),
-    )
-
-
 def test_noise_rule_by_hand() -> None:
-    incumbent = _score([0.80, 0.82, 0.78, 0.81, 0.79])
+    incumbent = hand_made_score([0.80, 0.82, 0.78, 0.81, 0.79])
     # paired gains 0.01, 0.03, -0.01, 0.02, 0.00: mean 0.01, sd 0.0158, standard error 0.00707
-    noisy = _score([0.81, 0.85, 0.77, 0.83, 0.79])
+    noisy = hand_made_score([0.81, 0.85, 0.77, 0.83, 0.79])
     decision = noise_rule(noisy, incumbent, kind="layer", names=([30], [17]))
     assert decision.gain == pytest.approx(0.01) and decision.standard_error == pytest.approx(np.sqrt(2.5e-4 / 5))
     assert decision.accepted and (decision.incumbent, decision.challenger) == ([30], [17])
     assert not noise_rule(noisy, incumbent, kind="layer", names=([30], [17]), standard_errors=2.0).accepted
     # a small gain in every fold is no noise; a bigger mean gain carried by one fold is
-    steady = _score([0.802, 0.822, 0.782, 0.812, 0.792])
+    steady = hand_made_score([0.802, 0.822, 0.782, 0.812, 0.792])
     assert noise_rule(steady, incumbent, kind="layer", names=("a", "b")).accepted
-    one_fold = _score([0.80, 0.82, 0.78, 0.81, 0.89])
+    one_fold = hand_made_score([0.80, 0.82, 0.78, 0.81, 0.89])
     lucky = noise_rule(one_fold, incumbent, kind="layer", names=("a", "b"))
     assert lucky.gain == pytest.approx(0.02) and not lucky.accepted
     # equal scores never replace the simpler choice, even with a margin of 0
     assert not noise_rule(incumbent, incumbent, kind="layer", names=("a", "b"), standard_errors=0.0).accepted
     with pytest.raises(ValueError, match="same folds"):
-        noise_rule(_score([0.8, 0.8, 0.8]), incumbent, kind="layer", names=("a", "b"))
+        noise_rule(hand_made_score([0.8, 0.8, 0.8]), incumbent, kind="layer", names=("a", "b"))
     with pytest.raises(ValueError, match="same folds"):
-        noise_rule(_score([0.8] * 5, probe="tuned"), incumbent, kind="layer", names=("a", "b"))
+        noise_rule(hand_made_score([0.8] * 5, probe="tuned"), incumbent, kind="layer", names=("a", "b"))
 
 
 def test_a_noisy_copy_of_the_last_layer_that_wins_by_fold_noise_does_not_replace_it() -> None:
