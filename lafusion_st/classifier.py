@@ -28,6 +28,7 @@ from sklearn.utils.validation import check_is_fitted
 from lafusion_st import embedding_cache as caching
 from lafusion_st.errors import InvalidArgumentError, MissingFileError
 from lafusion_st.heads import Head, load_head, make_head
+from lafusion_st.modes import BATCH_SIZE
 
 HEAD_FOLDER = caching.HEAD_FOLDER
 
@@ -67,7 +68,7 @@ class FusedClassifier(ClassifierMixin, BaseEstimator):
         self,
         embedder: Any,
         head: str | Head = "logistic",
-        batch_size: int = 32,
+        batch_size: int = BATCH_SIZE,
         embedding_cache: caching.EmbeddingCache | None = None,
     ) -> None:
         self.embedder = embedder

@@ -14,11 +14,10 @@ from pathlib import Path
 
 from lafusion_st.data import BUNDLED_DATASETS
 from lafusion_st.errors import InvalidArgumentError, LafusionError, MissingFileError
-from lafusion_st.modes import DEFAULT_SHARD_ROWS, POOLING_MODES, PROTOCOLS
+from lafusion_st.modes import BATCH_SIZE, DEFAULT_SHARD_ROWS, POOLING_MODES, PROTOCOLS
 from lafusion_st.predict_cli import PREDICT_HELP, add_predict_arguments, predict_command
 from lafusion_st.ray_options import add_ray_arguments
 from lafusion_st.spec import (
-    BATCH_SIZE,
     EmbedderSpec,
     RunSettings,
     ScanSettings,

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lafusion_st.modes import DEFAULT_SHARD_ROWS, ENGINES, Engine
+from lafusion_st.modes import BATCH_SIZE, DEFAULT_SHARD_ROWS, ENGINES, Engine
 from lafusion_st.text_files import read_text_table
 
 logger = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def embed_file(
     embedder: dict[str, Any],
     text_col: str = "text",
     id_col: str | None = None,
-    batch_size: int = 32,
+    batch_size: int = BATCH_SIZE,
     shard_rows: int = DEFAULT_SHARD_ROWS,
     engine: Engine = "local",
     ray_options: Any = None,

@@ -35,8 +35,8 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ScoringFunction
 from sentence_transformers import SentenceTransformer
 
+from lafusion_st.modes import BATCH_SIZE
 from lafusion_st.mteb_tasks import get_tasks
-from lafusion_st.spec import BATCH_SIZE
 
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata

@@ -18,6 +18,10 @@ Protocol = Literal["standard", "paper"]
 PROTOCOLS: tuple[Protocol, ...] = ("standard", "paper")
 """``standard``: MTEB's classification protocol; ``paper``: the probe trained on the whole training split."""
 
+BATCH_SIZE = 32
+"""Texts per forward pass when scanning (:class:`~lafusion_st.spec.ScanSettings`) and when encoding (``lafusion
+eval``, ``lafusion embed``, the classifiers, the ONNX encoder). Memory, not vectors: part of no name or key."""
+
 STANDARD_ERRORS = 1.0
 """Default margin of the selection's noise rule: a more complex choice must gain more than this many standard
 errors of the paired per-fold CV difference (see :mod:`lafusion_st.selection`)."""

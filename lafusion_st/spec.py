@@ -24,7 +24,16 @@ from typing import TYPE_CHECKING, Any
 
 from lafusion_st.errors import InvalidArgumentError
 from lafusion_st.files import read_versioned_json
-from lafusion_st.modes import DTYPES, FUSION_MODES, POOLING_MODES, STANDARD_ERRORS, Dtype, FusionMode, PoolingMode
+from lafusion_st.modes import (
+    BATCH_SIZE,
+    DTYPES,
+    FUSION_MODES,
+    POOLING_MODES,
+    STANDARD_ERRORS,
+    Dtype,
+    FusionMode,
+    PoolingMode,
+)
 
 if TYPE_CHECKING:
     from lafusion_st.model import FusedSentenceTransformer
@@ -35,9 +44,6 @@ SPEC_FORMAT = "lafusion-spec"
 SPEC_FORMAT_VERSION = 1
 NAMESPACE = "lafusion"
 """The organisation part of every configuration's MTEB name."""
-BATCH_SIZE = 32
-"""Texts per forward pass when scanning (:class:`ScanSettings`) and when encoding for evaluation
-(:mod:`lafusion_st.evaluation`, ``lafusion eval``). Memory, not vectors: it is part of no name or key."""
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import numpy as np
 
 from lafusion_st.files import read_versioned_json
 from lafusion_st.heads.labels import labels_from_json
+from lafusion_st.modes import BATCH_SIZE
 from onnx_export.encoder import ORTFusedEncoder
 from onnx_export.errors import ExportedModelError
 
@@ -71,7 +72,7 @@ class ORTFusedClassifier:
         provider: str = "auto",
         dtype: str = "fp32",
         num_threads: int | None = None,
-        batch_size: int = 32,
+        batch_size: int = BATCH_SIZE,
     ) -> None:
         self.path = Path(path)
         self.batch_size = batch_size

@@ -23,6 +23,7 @@ import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf, NoSuchFile
 
 from lafusion_st.errors import InvalidArgumentError
+from lafusion_st.modes import BATCH_SIZE
 from onnx_export.errors import ExportedModelError, NonFiniteEmbeddingError
 from onnx_export.manifest import DTYPES, read_manifest, spec_of, verify_files, verify_tokenizer
 from onnx_export.providers import PROVIDERS, check_session_providers, requested_providers
@@ -159,7 +160,7 @@ class ORTFusedEncoder:
         self,
         sentences: str | Sequence[str],
         prompt: str | None = None,
-        batch_size: int = 32,
+        batch_size: int = BATCH_SIZE,
         show_progress_bar: bool | None = None,
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
