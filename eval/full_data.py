@@ -34,7 +34,6 @@ import time
 from runner import REPOSITORY, load_data_plan
 
 CONFIG = REPOSITORY / "eval" / "configs_full.json"
-EVAL = REPOSITORY / "eval"
 
 
 STEPS = ("selection", "mteb", "heads")
@@ -42,13 +41,16 @@ STEPS = ("selection", "mteb", "heads")
 
 def steps(dataset: str, wanted: list[str], selection_done: bool) -> list[tuple[str, list[str]]]:
     """``(name, command)`` of the wanted steps still to run for ``dataset``, in order."""
+    # Repository-relative paths (the steps run in the repository): they end up in the generated tables'
+    # "Last command" lines, which must rerun on any checkout.
     scripts = {
-        "selection": [str(EVAL / "selection_runs.py")],
-        "mteb": [str(EVAL / "make_tables.py")],
-        "heads": [str(EVAL / "classifier_heads.py"), "--pair-datasets", dataset],
+        "selection": ["eval/selection_runs.py"],
+        "mteb": ["eval/make_tables.py"],
+        "heads": ["eval/classifier_heads.py", "--pair-datasets", dataset],
     }
+    config = str(CONFIG.relative_to(REPOSITORY))
     return [
-        (name, [sys.executable, *scripts[name], "--config", str(CONFIG), "--datasets", dataset])
+        (name, [sys.executable, *scripts[name], "--config", config, "--datasets", dataset])
         for name in STEPS
         if name in wanted and not (name == "selection" and selection_done)
     ]

@@ -254,7 +254,8 @@ def run_task(
             "models": models,
             "chosen_models": chosen_models,
             "chosen": chosen.to_dict(),
-            "model_path": str(model_path),
+            # Relative to the report's own folder, so a run folder can be moved or committed as a whole.
+            "model_path": str(model_path.relative_to(output_dir)),
             "coarse_to_fine": {model: stage.to_dict() for model, stage in coarse.items()} if coarse else None,
         },
         extra={

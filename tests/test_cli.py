@@ -69,8 +69,9 @@ def test_run_on_user_files_writes_report_plot_and_model(tiny_models, task_files,
     assert (out / "layer_curves.png").read_bytes()[:4] == b"\x89PNG"
     # The reported test score of the chosen embedder is what a probe on the saved model's vectors scores.
     chosen = EmbedderSpec.from_dict(report["settings"]["chosen"])
-    model = FusedSentenceTransformer(str(out / "model"))
-    assert model.spec == chosen
+    # The report names the saved model relative to its own folder, so the run folder can move.
+    model = FusedSentenceTransformer(str(out / report["settings"]["model_path"]))
+    assert report["settings"]["model_path"] == "model" and model.spec == chosen
     prefix = "greedy models" if len(chosen.models) < 2 else "multi-model"
     (label,) = [label for label in report["test"] if label.startswith(prefix)]
     train_data, test_data = load_task(None, str(train), str(test))
