@@ -1,0 +1,28 @@
+"""eval/full_data.py: the step commands it runs, which end up in committed tables, rerun on any checkout."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from full_data import steps
+from runner import REPOSITORY
+
+
+def test_steps_use_repository_relative_paths_that_exist_and_skip_a_finished_selection() -> None:
+    planned = steps("mr", ["selection", "mteb", "heads"], selection_done=False)
+    assert [name for name, _ in planned] == ["selection", "mteb", "heads"]
+    for _, command in planned:
+        assert command[0] == sys.executable
+        paths = [argument for argument in command[1:] if argument.endswith((".py", ".json"))]
+        assert paths and all(not argument.startswith("/") and (REPOSITORY / argument).is_file() for argument in paths)
+        assert command[-2:] == ["--datasets", "mr"]
+    assert [name for name, _ in steps("mr", ["selection", "heads"], selection_done=True)] == ["heads"]
+
+
+def test_each_step_script_accepts_the_arguments_it_is_given() -> None:
+    for _, command in steps("r8", ["selection", "mteb", "heads"], selection_done=False):
+        help_run = subprocess.run([*command[:2], "--help"], cwd=REPOSITORY, capture_output=True, text=True)
+        assert help_run.returncode == 0, help_run.stderr
+        for option in (argument for argument in command[2:] if argument.startswith("--")):
+            assert option in help_run.stdout, (command[1], option)
