@@ -33,7 +33,9 @@ import time
 
 from runner import REPOSITORY, load_data_plan
 
-CONFIG = REPOSITORY / "eval" / "configs_full.json"
+# Repository-relative, as the steps (run in the repository) and run.json name it; absolute for loading here.
+CONFIG_ARGUMENT = "eval/configs_full.json"
+CONFIG = REPOSITORY / CONFIG_ARGUMENT
 
 
 STEPS = ("selection", "mteb", "heads")
@@ -48,9 +50,8 @@ def steps(dataset: str, wanted: list[str], selection_done: bool) -> list[tuple[s
         "mteb": ["eval/make_tables.py"],
         "heads": ["eval/classifier_heads.py", "--pair-datasets", dataset],
     }
-    config = str(CONFIG.relative_to(REPOSITORY))
     return [
-        (name, [sys.executable, *scripts[name], "--config", config, "--datasets", dataset])
+        (name, [sys.executable, *scripts[name], "--config", CONFIG_ARGUMENT, "--datasets", dataset])
         for name in STEPS
         if name in wanted and not (name == "selection" and selection_done)
     ]
@@ -67,7 +68,7 @@ def main() -> None:
     record = json.loads(record_path.read_text()) if record_path.is_file() else {"steps": {}}
     record.update(
         dataset=args.dataset,
-        config=str(CONFIG.relative_to(REPOSITORY)),
+        config=CONFIG_ARGUMENT,
         train_test=[len(split) for split in plan.splits(args.dataset)],
         cpu_count=os.cpu_count(),
         command=f"python eval/full_data.py {args.dataset}",
