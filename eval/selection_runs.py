@@ -1,6 +1,7 @@
 """Layer-aware selection on the bundled datasets: the evidence tables of eval/selection/SUMMARY.md.
 
 Run:  .venv/bin/python eval/selection_runs.py [--config eval/configs.json] [--datasets sst2 mr r8 r52] [--models ...]
+      (--summary-only rewrites SUMMARY.md from the datasets already run, e.g. after merging runs made apart)
 
 For each dataset, one ``run_task`` (the code behind ``lafusion run``) with SmolLM2-135M, Gemma3-270M and
 MiniLM-L6 by default: every layer of every model scanned once in every candidate pooling (cached), layers
@@ -162,6 +163,19 @@ def header(*columns: str) -> list[str]:
     return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
 
 
+def former_probe_section(table: list[str]) -> list[str]:
+    """The former-vs-tuned probe table, or nothing where no dataset kept a former summary (a header
+    without rows would read as a table whose rows were lost)."""
+    if len(table) <= 2:
+        return []
+    return [
+        "## Former probe (C = 1, threshold 0.002, mean pooling) and tuned probe, same subsamples (test acc., %)",
+        "",
+        *table,
+        "",
+    ]
+
+
 def write_summary(plan: Plan, config: Path, settings: RunSettings) -> str:
     """``SUMMARY.md`` from every dataset's ``summary.json`` in the selection folder (datasets may be run
     separately)."""
@@ -231,10 +245,7 @@ def write_summary(plan: Plan, config: Path, settings: RunSettings) -> str:
             "",
             *tables["oracle"],
             "",
-            "## Former probe (C = 1, threshold 0.002, mean pooling) and tuned probe, same subsamples (test acc., %)",
-            "",
-            *tables["before_after"],
-            "",
+            *former_probe_section(tables["before_after"]),
             "## All configurations (%)",
             "",
             *tables["rows"],
@@ -250,11 +261,15 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="data settings (default: %(default)s)")
     parser.add_argument("--datasets", nargs="+", help="default: those of the config file")
     parser.add_argument("--models", nargs="+", default=MODELS, help=f"default: {' '.join(MODELS)}")
+    parser.add_argument(
+        "--summary-only", action="store_true",
+        help="only rewrite SUMMARY.md from the summary.json files already written (no scans, no probes)",
+    )  # fmt: skip
     args = parser.parse_args()
     settings = RunSettings()
     plan = load_data_plan(args.config, args.datasets)
     output = plan.selection_folder
-    for task in plan.datasets:
+    for task in [] if args.summary_only else plan.datasets:
         train, test = plan.splits(task)
         start = time.perf_counter()
         result = run_task(task, train, test, args.models, output / task, settings)
