@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 from runner import REPOSITORY, Plan, load_data_plan
+from tqdm.auto import tqdm
 
 from lafusion_st.pipeline import (
     BEST_LAYER,
@@ -121,13 +122,17 @@ def oracle_rows(task: str, result: RunResult, models: list[str], settings, train
     lines = []
     for model in models:
         oracle_accuracy, oracle_name = -1.0, ""
-        for pooling in settings.poolings:
-            depth = result.scans.train[model][pooling].vectors.shape[0]
-            for layer in range(depth):
-                spec = settings.spec([model], [[layer]], [pooling])
-                accuracy = score_fusion_on_test(result.scans, spec, train, test, settings.probe).accuracy
-                if accuracy > oracle_accuracy:
-                    oracle_accuracy, oracle_name = accuracy, f"{pooling} [{layer}]"
+        candidates = [
+            (pooling, layer)
+            for pooling in settings.poolings
+            for layer in range(result.scans.train[model][pooling].vectors.shape[0])
+        ]
+        # One tuned-probe fit per layer and pooling on the whole training split: minutes on full data.
+        for pooling, layer in tqdm(candidates, desc=f"oracle {model}", unit="layer"):
+            spec = settings.spec([model], [[layer]], [pooling])
+            accuracy = score_fusion_on_test(result.scans, spec, train, test, settings.probe).accuracy
+            if accuracy > oracle_accuracy:
+                oracle_accuracy, oracle_name = accuracy, f"{pooling} [{layer}]"
         auto, last = result.rows[(model, FUSED_LAYERS)], result.rows[(model, LAST_LAYER)]
         choice = f"{result.searches[model].pooling} {result.layers(model)}"
         lines.append(
