@@ -139,7 +139,9 @@ def oracle_rows(
             for layer in range(result.scans.train[model][pooling].vectors.shape[0])
         ]
         # One tuned-probe fit per layer and pooling on the whole training split (an hour and more on full
-        # R52), independent of each other: in worker processes, each fit single-threaded and unchanged.
+        # R52), independent of each other: in worker processes, each fit single-threaded and unchanged. This
+        # is score_fusion_on_test split in two: the layer's features are cut from the scan here, so a worker
+        # receives one layer's matrices rather than a pickle of every model's whole scan.
         specs = [settings.spec([model], [[layer]], [pooling]) for pooling, layer in candidates]
         fits = (
             delayed(fit_and_test)(
