@@ -47,7 +47,7 @@ from lafusion_st.pipeline import (
     run_task,
     score_fusion_on_test,
 )
-from lafusion_st.probe import fit_and_test
+from lafusion_st.probe import ProbeConfig, fit_and_test
 from lafusion_st.scan import fused_from_scan
 from lafusion_st.spec import RunSettings
 from lafusion_st.stats import holm, mcnemar
@@ -57,9 +57,10 @@ BASELINE = "minilm-l6"
 MODELS = [*LLMS, BASELINE]
 FORMER = "summary_former_probe.json"
 DEFAULT_CONFIG = REPOSITORY / "eval" / "configs.json"
-# The oracle's fits in 2 processes: four tuned fits on full R52 (MiniLM layers, 52 classes) took 96.0 s one
-# after another and 52.8 s two at a time on the idle 2-core machine, with identical coefficients.
-ORACLE_WORKERS = 2
+# The probes' worker processes (ProbeConfig.n_jobs: ranked layers, tuned CV folds, the oracle's fits): four
+# tuned fits on full R52 (MiniLM layers, 52 classes) took 96.0 s one after another and 52.8 s two at a time
+# on the idle 2-core machine, with identical coefficients. Every fit is single-threaded whatever the count.
+WORKERS = 2
 
 
 def percent(value: float) -> str:
@@ -126,9 +127,7 @@ class _Scored:
         self.test = test
 
 
-def oracle_rows(
-    task: str, result: RunResult, models: list[str], settings, train, test, workers: int = ORACLE_WORKERS
-) -> list[str]:
+def oracle_rows(task: str, result: RunResult, models: list[str], settings, train, test) -> list[str]:
     """Per model: the automatic choice, the last layer, and the best single layer on *test* (a ceiling)."""
     lines = []
     for model in models:
@@ -150,7 +149,7 @@ def oracle_rows(
             )
             for spec in specs
         )  # fmt: skip
-        scores = Parallel(n_jobs=workers, return_as="generator")(fits)
+        scores = Parallel(n_jobs=settings.probe.n_jobs, return_as="generator")(fits)
         for (pooling, layer), score in zip(
             candidates, tqdm(scores, total=len(candidates), desc=f"oracle {model}", unit="layer"), strict=True
         ):
@@ -234,7 +233,8 @@ def write_summary(plan: Plan, config: Path, settings: RunSettings) -> str:
             for key in tables:
                 tables[key] += part[key]
             sizes.append(f"{task} {part['size']}")
-            seconds.append(f"{task} {part['seconds']:.0f} s")
+            # runs before the probes' worker processes were recorded had one (and the oracle's fits too)
+            seconds.append(f"{task} {part['seconds']:.0f} s with {part.get('workers', 1)} probe process(es)")
             kept.append(f"{task} {part['kept_simpler']}")
             done.append(task)
             models.update(part["models"])
@@ -255,7 +255,7 @@ def write_summary(plan: Plan, config: Path, settings: RunSettings) -> str:
             "probe fit on the whole training subsample, scored once on the test subsample, with a 95% bootstrap "
             "interval over test texts. Models: the 4-bit-derived GGUF SmolLM2-135M and Gemma3-270M (small "
             "4-bit-derived models, not the papers' 7B LLMs), and fp32 all-MiniLM-L6-v2. "
-            f"Wall time per dataset on a busy 2-core CPU (scan + probes + oracle): {', '.join(seconds)}.",
+            f"Wall time per dataset on a 2-core CPU (scan + probes + oracle): {', '.join(seconds)}.",
             "",
             f"Not run yet with the tuned probe: {', '.join(not_regenerated) or 'none'}.",
             "",
@@ -290,15 +290,15 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", help="default: those of the config file")
     parser.add_argument("--models", nargs="+", default=MODELS, help=f"default: {' '.join(MODELS)}")
     parser.add_argument(
-        "--oracle-workers", type=int, default=ORACLE_WORKERS,
-        help="processes for the oracle's per-layer fits (default: %(default)s; 1 on a machine shared with other jobs)",
+        "--workers", type=int, default=WORKERS,
+        help="processes for the probes' fits (default: %(default)s; 1 on a machine shared with other jobs)",
     )  # fmt: skip
     parser.add_argument(
         "--summary-only", action="store_true",
         help="only rewrite SUMMARY.md from the summary.json files already written (no scans, no probes)",
     )  # fmt: skip
     args = parser.parse_args()
-    settings = RunSettings()
+    settings = RunSettings(probe=ProbeConfig(n_jobs=args.workers))
     plan = load_data_plan(args.config, args.datasets)
     output = plan.selection_folder
     for task in [] if args.summary_only else plan.datasets:
@@ -310,11 +310,12 @@ def main() -> None:
             "models": args.models,
             "rows": configuration_rows(task, result),
             "comparisons": comparison_rows(task, result, args.models, settings, train, test),
-            "oracle": oracle_rows(task, result, args.models, settings, train, test, args.oracle_workers),
+            "oracle": oracle_rows(task, result, args.models, settings, train, test),
             "before_after": before_after_rows(task, result, output),
             "kept_simpler": sum(len(search.kept_simpler) for search in result.searches.values()),
         }
         summary["seconds"] = time.perf_counter() - start
+        summary["workers"] = settings.probe.n_jobs
         (output / task / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         print(f"{task}: {summary['seconds']:.0f} s", flush=True)
     print(write_summary(load_data_plan(args.config), args.config, settings))

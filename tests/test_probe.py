@@ -15,6 +15,7 @@ from lafusion_st.probe import (
     cross_validate,
     fit_and_test,
     fit_tuned_probe,
+    score_many,
     stratified_splits,
 )
 
@@ -85,6 +86,20 @@ def test_ranking_probe_scores_its_path_on_the_same_folds_at_one_C() -> None:
     assert all(C in CONFIG.Cs for C in tuned.regularisation_folds)
     assert ranking.accuracy_mean > 0.8 and tuned.accuracy_mean > 0.8
     assert ranking.accuracy_mean == pytest.approx(np.mean(ranking.accuracy_folds))
+
+
+def test_worker_processes_change_the_speed_not_the_scores() -> None:
+    """``n_jobs`` runs the tuned CV's folds (one feature set) or the feature sets (many) in processes, each
+    fit single-threaded: the same predictions, C and scores as in one process."""
+    features, labels = _spread_signal(160, 30, seed=4)
+    alone = cross_validate(features, labels, CONFIG)
+    parallel = cross_validate(features, labels, ProbeConfig(folds=4, max_iter=500, n_jobs=2))
+    assert parallel.score == alone.score
+    np.testing.assert_array_equal(parallel.predictions, alone.predictions)
+    assert len(set(alone.score.accuracy_folds)) > 1  # folds that differ: each came back to its own place
+    sets = [features, features[:, :10], features[:, 10:]]
+    many = score_many(sets, labels, ProbeConfig(folds=4, max_iter=500, n_jobs=2), probe="tuned")
+    assert many == [cross_validate(block, labels, CONFIG).score for block in sets]
 
 
 def test_bad_probe_settings_are_rejected() -> None:
