@@ -185,12 +185,7 @@ def cmd_scan(args: argparse.Namespace) -> None:
         from lafusion_st.ray_options import RayOptions
 
         engine = {"engine": "ray", "ray_options": RayOptions.from_args(args)}
-    scanner_settings = {
-        "max_seq_length": settings.max_seq_length,
-        "batch_size": settings.batch_size,
-        "dtype": settings.dtype,
-        **engine,
-    }
+    scanner_settings = {**settings.scanner_arguments, **engine}
     if settings.coarse_to_fine:
         from lafusion_st.coarse_to_fine import describe, scan_task_coarse_to_fine
         from lafusion_st.probe import ProbeConfig

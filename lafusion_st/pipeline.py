@@ -140,7 +140,7 @@ def run_task(
     check_classification_data(train, test)
     output_dir = Path(output_dir)
     scan = settings.scan
-    scanner_settings = {"max_seq_length": scan.max_seq_length, "batch_size": scan.batch_size, "dtype": scan.dtype}
+    scanner_settings = scan.scanner_arguments
     test_texts = test.texts if test is not None else None
     coarse: dict[str, CoarseScan] = {}
     if scan.coarse_to_fine:

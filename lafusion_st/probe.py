@@ -166,6 +166,11 @@ class ProbeScore:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProbeScore:
+        """The score :meth:`to_dict` wrote (e.g. a report's ``cv`` entry) back, to reuse a finished run's choices."""
+        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in data.items()})
+
 
 @dataclass(frozen=True)
 class CrossValidation:
