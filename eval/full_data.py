@@ -18,8 +18,9 @@ separate script that can also be run alone, in this order:
 Resumable: a step whose outputs are there is skipped (the selection when ``eval/full/DATASET/summary.json``
 exists, the MTEB results per configuration, the heads per dataset), and a selection step that stopped after
 its choices (``report.json``) restarts at its test scoring, so a run that stopped is restarted with the same
-command. The MTEB and heads steps read only the choices (``report.json``), so ``--steps mteb heads`` can run
-beside a selection step that is still scoring the test split. Nothing depends on a scan cache being there: a
+command. The MTEB and heads steps read only the choices (``report.json``), so once a selection has written
+them, ``--steps mteb heads`` can run beside the selection step's test scoring (not beside a selection that is
+still choosing: they would read the old report). Nothing depends on a scan cache being there: a
 missing scan is recomputed (that is what makes a step slow, not wrong). The wall time of each step and the
 settings are written to ``eval/full/DATASET/run.json``; commit ``eval/full``, ``eval/results_full`` and
 eval/RESULTS.md when it ends.
@@ -36,6 +37,8 @@ import time
 from pathlib import Path
 
 from runner import REPOSITORY, load_data_plan
+
+from lafusion_st.files import write_text_atomic
 
 # Repository-relative, as the steps (run in the repository) and run.json name it; absolute for loading here.
 CONFIG_ARGUMENT = "eval/configs_full.json"
@@ -76,7 +79,7 @@ def record_step(path: Path, fields: dict, name: str, seconds: float) -> dict:
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(record, indent=2) + "\n")  # the other process never reads half a file
     return record
 
 

@@ -44,6 +44,7 @@ from joblib import Parallel, delayed
 from runner import REPOSITORY, Plan, load_data_plan
 from tqdm.auto import tqdm
 
+from lafusion_st.data import check_classification_data
 from lafusion_st.pipeline import (
     ALL_MODELS,
     BEST_LAYER,
@@ -82,8 +83,10 @@ def interval(score) -> str:
 
 
 def reusable_report(path: Path, task: str, train, models: list[str], settings: RunSettings) -> dict | None:
-    """The report of an earlier selection at ``path`` if it was made on the same training data size, models,
-    poolings, token limit, precision, noise rule and probe (worker count aside), else ``None``.
+    """The report of an earlier selection at ``path`` if it was made on the same training texts and labels
+    (their SHA-256), models and settings (poolings, token limit, precision, noise rule, layer limit, seeds, probe
+    with any worker count), else ``None``; also ``None`` for a report that does not record all of them (written
+    before they were recorded, or by coarse-to-fine), which is then redone rather than trusted.
 
     This is what makes a stopped run resumable: the selection (hours on full R52) is kept once written, and
     only the test scoring, which the report's choices fully determine, is redone.
@@ -91,18 +94,23 @@ def reusable_report(path: Path, task: str, train, models: list[str], settings: R
     if not path.is_file():
         return None
     report = json.loads(path.read_text(encoding="utf-8"))
-    recorded, probe = report["settings"], dict(report["probe"])
+    recorded, probe = report.get("settings") or {}, dict(report.get("probe") or {})
     wanted_probe = json.loads(json.dumps(vars(settings.probe)))
     probe.pop("n_jobs", None), wanted_probe.pop("n_jobs")
+    wanted = {
+        "train_sha256": train.fingerprint(),
+        "models": models,
+        "poolings": list(settings.poolings),
+        "max_seq_length": settings.max_seq_length,
+        "standard_errors": settings.standard_errors,
+        "max_layers": settings.max_layers,
+        "seeds": settings.seeds,
+        "coarse_to_fine": None,
+    }
     same = (
-        report["task"] == task
-        and recorded["num_train"] == len(train)
-        and recorded["models"] == models
-        and recorded["poolings"] == list(settings.poolings)
-        and recorded["max_seq_length"] == settings.max_seq_length
-        and recorded["chosen"]["dtype"] == settings.dtype
-        and recorded["standard_errors"] == settings.standard_errors
-        and recorded["coarse_to_fine"] is None
+        report.get("task") == task
+        and all(key in recorded and recorded[key] == value for key, value in wanted.items())
+        and (recorded.get("chosen") or {}).get("dtype") == settings.dtype
         and probe == wanted_probe
     )
     return report if same else None
@@ -118,9 +126,9 @@ def chosen_rows(report: dict, models: list[str], settings: RunSettings) -> dict[
     specs = {}
     for model in models:
         specs[(model, LAST_LAYER)] = settings.spec([model], [[report["models"][model]["last_layer"]]])
-        specs[(model, BEST_LAYER)] = settings.spec(
-            [model], [[report["models"][model]["best_layer"]]], [selections[model]["pooling"]]
-        )
+        pooling = selections[model]["pooling"]
+        best = selections[model]["best_single"][pooling]["layer"]  # the search's best single layer in its pooling
+        specs[(model, BEST_LAYER)] = settings.spec([model], [[best]], [pooling])
         specs[(model, FUSED_LAYERS)] = single[model]
     chosen_models = report["settings"]["chosen_models"]
     for role, kept in ((ALL_MODELS, models), (GREEDY_MODELS, chosen_models)):
@@ -382,6 +390,7 @@ def main() -> None:
         report_path = output / task / "report.json"
         report = None if args.reselect else reusable_report(report_path, task, train, args.models, settings)
         reused = report is not None
+        check_classification_data(train, test)  # e.g. test labels never seen in training: named, not scored wrong
         if not reused:  # the choices, on the training split only: run_task sees no test text
             run_task(task, train, None, args.models, output / task, settings)
             report = json.loads(report_path.read_text(encoding="utf-8"))

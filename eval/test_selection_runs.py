@@ -120,15 +120,19 @@ def kept_report(train: LabeledTexts) -> dict:
             "max_seq_length": 256,
             "standard_errors": 1.0,
             "num_train": len(train),
+            "train_sha256": train.fingerprint(),
+            "max_layers": 4,
+            "seeds": 1,
             "models": MODELS,
             "chosen_models": ["smollm2-135m", "gemma3-270m"],
             "chosen": {"dtype": "fp32"},
             "coarse_to_fine": None,
         },  # fmt: skip
         "selections": {
-            model: {"chosen": chosen, "pooling": pooling} for model, (chosen, pooling, _, _) in choices.items()
+            model: {"chosen": layers, "pooling": pooling, "best_single": {pooling: {"layer": best}}}
+            for model, (layers, pooling, best, _) in choices.items()
         },
-        "models": {model: {"best_layer": best, "last_layer": last} for model, (_, _, best, last) in choices.items()},
+        "models": {model: {"last_layer": last} for model, (_, _, _, last) in choices.items()},
         "cv": cv,
         "kept_simpler": {model: [] for model in MODELS},
     }
@@ -144,18 +148,34 @@ def test_a_kept_selection_is_reused_only_under_the_same_data_size_settings_and_p
     changed = [
         ("r52", train, MODELS, SETTINGS),
         ("r8", LabeledTexts(train.texts[:-1], train.labels[:-1]), MODELS, SETTINGS),
+        ("r8", LabeledTexts(["another text", *train.texts[1:]], train.labels), MODELS, SETTINGS),  # same size
+        ("r8", LabeledTexts(train.texts, [*train.labels[1:], train.labels[0]]), MODELS, SETTINGS),
+        ("r8", train, MODELS, replace(SETTINGS, max_layers=2)),
+        ("r8", train, MODELS, replace(SETTINGS, dtype="bf16")),
+        ("r8", train, MODELS, replace(SETTINGS, max_seq_length=128)),
         ("r8", train, MODELS[:2], SETTINGS),
         ("r8", train, MODELS, RunSettings(poolings=("mean",))),
         ("r8", train, MODELS, replace(SETTINGS, standard_errors=0.5)),
         ("r8", train, MODELS, replace(SETTINGS, probe=ProbeConfig(max_iter=100))),
     ]
     assert [reusable_report(path, *arguments) for arguments in changed] == [None] * len(changed)
+    for written_before_it_was_recorded in ("train_sha256", "max_layers"):
+        report = kept_report(train)
+        del report["settings"][written_before_it_was_recorded]
+        path.write_text(json.dumps(report))
+        assert reusable_report(path, "r8", train, MODELS, SETTINGS) is None  # redone, not trusted
+    path.write_text(json.dumps(kept_report(train) | {"probe": None}))
+    assert reusable_report(path, "r8", train, MODELS, SETTINGS) is None
 
 
 def test_the_test_scoring_fits_each_configuration_once_and_builds_the_tables_from_those_fits() -> None:
     scans, train, test = task_scan()
     rows = chosen_rows(kept_report(train), MODELS, SETTINGS)
     assert [row.label for row in rows.values()] == list(kept_report(train)["cv"])  # run_task's rows, in its order
+    # the last layer in the default (first) pooling, the best single layer in the pooling the search chose
+    assert rows[("gemma3-270m", LAST_LAYER)].spec.pooling == ("mean",)
+    assert rows[("gemma3-270m", BEST_LAYER)].spec == rows[("gemma3-270m", FUSED_LAYERS)].spec
+    assert rows[("gemma3-270m", BEST_LAYER)].spec.pooling == ("last",)
     pair = llm_pair(rows, MODELS, SETTINGS)
     candidates = [spec for model in MODELS for spec in single_layers(model, scans, SETTINGS)]
     assert len(candidates) == 2 * (4 + 3 + 3)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import codecs
 import csv
 import gzip
+import hashlib
 import io
 import json
 import re
@@ -65,6 +66,11 @@ class LabeledTexts:
     def classes(self) -> list:
         """The distinct labels, sorted, so that class order is the same on every run."""
         return sorted(set(self.labels))
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the texts and labels in order: recorded in a run's report, so that a finished selection
+        is reused only for the very data it was made on (same size is not same data)."""
+        return hashlib.sha256(json.dumps([self.texts, self.labels], default=str).encode("utf-8")).hexdigest()
 
     def subsample(self, n: int, seed: int = 0) -> LabeledTexts:
         """A stratified random subset of ``n`` examples, e.g. for quick layer scans.
