@@ -16,10 +16,13 @@ separate script that can also be run alone, in this order:
    chosen layers (``eval/full/classifier``).
 
 Resumable: a step whose outputs are there is skipped (the selection when ``eval/full/DATASET/summary.json``
-exists, the MTEB results per configuration, the heads per dataset), so a run that stopped is restarted with
-the same command. Nothing depends on a scan cache being there: a missing scan is recomputed (that is what
-makes a step slow, not wrong). The wall time of each step and the settings are written to
-``eval/full/DATASET/run.json``; commit ``eval/full``, ``eval/results_full`` and eval/RESULTS.md when it ends.
+exists, the MTEB results per configuration, the heads per dataset), and a selection step that stopped after
+its choices (``report.json``) restarts at its test scoring, so a run that stopped is restarted with the same
+command. The MTEB and heads steps read only the choices (``report.json``), so ``--steps mteb heads`` can run
+beside a selection step that is still scoring the test split. Nothing depends on a scan cache being there: a
+missing scan is recomputed (that is what makes a step slow, not wrong). The wall time of each step and the
+settings are written to ``eval/full/DATASET/run.json``; commit ``eval/full``, ``eval/results_full`` and
+eval/RESULTS.md when it ends.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from runner import REPOSITORY, load_data_plan
 
@@ -57,6 +61,25 @@ def steps(dataset: str, wanted: list[str], selection_done: bool) -> list[tuple[s
     ]
 
 
+def read_record(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"steps": {}}
+
+
+def record_step(path: Path, fields: dict, name: str, seconds: float) -> dict:
+    """Add a finished step's wall time to ``run.json``, read again just before writing: two steps of one dataset
+    may run at once (the MTEB step beside the selection's test scoring), and neither may drop the other's."""
+    record = read_record(path)
+    record.update(fields)
+    record["steps"][name] = {
+        "seconds": round(seconds, 1),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return record
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", choices=["sst2", "mr", "r8", "r52"])
@@ -64,26 +87,19 @@ def main() -> None:
     args = parser.parse_args()
     plan = load_data_plan(CONFIG, [args.dataset])
     folder = plan.selection_folder / args.dataset
-    record_path = folder / "run.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {"steps": {}}
-    record.update(
-        dataset=args.dataset,
-        config=CONFIG_ARGUMENT,
-        train_test=[len(split) for split in plan.splits(args.dataset)],
-        cpu_count=os.cpu_count(),
-        command=f"python eval/full_data.py {args.dataset}",
-    )
+    fields = {
+        "dataset": args.dataset,
+        "config": CONFIG_ARGUMENT,
+        "train_test": [len(split) for split in plan.splits(args.dataset)],
+        "cpu_count": os.cpu_count(),
+        "command": f"python eval/full_data.py {args.dataset}",
+    }
+    record = read_record(folder / "run.json")
     for name, command in steps(args.dataset, args.steps, (folder / "summary.json").is_file()):
         print(f"== {name}: {' '.join(command)}", flush=True)
         start = time.perf_counter()
         subprocess.run(command, check=True, cwd=REPOSITORY)
-        record["steps"][name] = {
-            "seconds": round(time.perf_counter() - start, 1),
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "load_average_1min": round(os.getloadavg()[0], 2),
-        }
-        folder.mkdir(parents=True, exist_ok=True)
-        record_path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        record = record_step(folder / "run.json", fields, name, time.perf_counter() - start)
         print(f"== {name}: {record['steps'][name]['seconds']:.0f} s", flush=True)
     total = sum(step["seconds"] for step in record["steps"].values())
     print(

@@ -3,12 +3,16 @@
 Run:  .venv/bin/python eval/selection_runs.py [--config eval/configs.json] [--datasets sst2 mr r8 r52] [--models ...]
       (--summary-only rewrites SUMMARY.md from the datasets already run, e.g. after merging runs made apart)
 
-For each dataset, one ``run_task`` (the code behind ``lafusion run``) with SmolLM2-135M, Gemma3-270M and
-MiniLM-L6 by default: every layer of every model scanned once in every candidate pooling (cached), layers
-ranked by 5-fold CV on the training subsample only, a greedy layer fusion grown from the last layer under
-the noise rule, the pooling and the final choice made by the tuned probe, a greedy choice of models, then
-the test split scores what was chosen with the tuned probe (95% bootstrap intervals over test texts).
-Three more tables come from the same scans:
+For each dataset, two stages. **Selection**: one ``run_task`` (the code behind ``lafusion select``) with
+SmolLM2-135M, Gemma3-270M and MiniLM-L6 by default, given no test text: every layer of every model scanned
+once in every candidate pooling (cached), layers ranked by 5-fold CV on the training subsample only, a greedy
+layer fusion grown from the last layer under the noise rule, the pooling and the final choice made by the
+tuned probe, a greedy choice of models; its report.json holds every choice. **Test scoring**: from that report
+and the scans, the tuned probe fit on the whole training split and scored on the test split (95% bootstrap
+intervals over test texts) for each configuration the tables need, each fitted once (the last and the best
+single layer are among the oracle's single layers), in worker processes. A report.json already there from
+the same data size and settings is reused (``--reselect`` redoes it), so a run stopped after the selection,
+hours on full R52, resumes at the test scoring. Three more tables come from the same fits:
 
 * **comparisons**: McNemar tests of the choice against the last layer and against the best single layer,
   of the two LLMs fused against the better one, and of the best LLM choice against MiniLM, Holm-adjusted
@@ -33,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from joblib import Parallel, delayed
@@ -40,16 +45,18 @@ from runner import REPOSITORY, Plan, load_data_plan
 from tqdm.auto import tqdm
 
 from lafusion_st.pipeline import (
+    ALL_MODELS,
     BEST_LAYER,
     FUSED_LAYERS,
+    GREEDY_MODELS,
     LAST_LAYER,
-    RunResult,
+    Row,
+    compare_rows,
     run_task,
-    score_fusion_on_test,
 )
-from lafusion_st.probe import ProbeConfig, fit_and_test
-from lafusion_st.scan import fused_from_scan
-from lafusion_st.spec import RunSettings
+from lafusion_st.probe import ProbeConfig, ProbeScore, fit_and_test
+from lafusion_st.scan import TaskScan, fused_from_scan, scan_task
+from lafusion_st.spec import EmbedderSpec, RunSettings
 from lafusion_st.stats import holm, mcnemar
 
 LLMS = ["smollm2-135m", "gemma3-270m"]
@@ -61,6 +68,7 @@ DEFAULT_CONFIG = REPOSITORY / "eval" / "configs.json"
 # tuned fits on full R52 (MiniLM layers, 52 classes) took 96.0 s one after another and 52.8 s two at a time
 # on the idle 2-core machine, with identical coefficients. Every fit is single-threaded whatever the count.
 WORKERS = 2
+ROLE_NAMES = {LAST_LAYER: "last layer", BEST_LAYER: "best single layer"}  # as the comparisons table says them
 
 
 def percent(value: float) -> str:
@@ -73,99 +81,161 @@ def interval(score) -> str:
     )
 
 
-def configuration_rows(task: str, result: RunResult) -> list[str]:
+def reusable_report(path: Path, task: str, train, models: list[str], settings: RunSettings) -> dict | None:
+    """The report of an earlier selection at ``path`` if it was made on the same training data size, models,
+    poolings, token limit, precision, noise rule and probe (worker count aside), else ``None``.
+
+    This is what makes a stopped run resumable: the selection (hours on full R52) is kept once written, and
+    only the test scoring, which the report's choices fully determine, is redone.
+    """
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text(encoding="utf-8"))
+    recorded, probe = report["settings"], dict(report["probe"])
+    wanted_probe = json.loads(json.dumps(vars(settings.probe)))
+    probe.pop("n_jobs", None), wanted_probe.pop("n_jobs")
+    same = (
+        report["task"] == task
+        and recorded["num_train"] == len(train)
+        and recorded["models"] == models
+        and recorded["poolings"] == list(settings.poolings)
+        and recorded["max_seq_length"] == settings.max_seq_length
+        and recorded["chosen"]["dtype"] == settings.dtype
+        and recorded["standard_errors"] == settings.standard_errors
+        and recorded["coarse_to_fine"] is None
+        and probe == wanted_probe
+    )
+    return report if same else None
+
+
+def chosen_rows(report: dict, models: list[str], settings: RunSettings) -> dict[tuple[str, str], Row]:
+    """The rows ``run_task`` scored, in its order, rebuilt from its report: each role's configuration and its
+    tuned-probe CV score on the training split (no test score yet)."""
+    selections, cv = report["selections"], report["cv"]
+    single = {
+        model: settings.spec([model], [selections[model]["chosen"]], [selections[model]["pooling"]]) for model in models
+    }
+    specs = {}
+    for model in models:
+        specs[(model, LAST_LAYER)] = settings.spec([model], [[report["models"][model]["last_layer"]]])
+        specs[(model, BEST_LAYER)] = settings.spec(
+            [model], [[report["models"][model]["best_layer"]]], [selections[model]["pooling"]]
+        )
+        specs[(model, FUSED_LAYERS)] = single[model]
+    chosen_models = report["settings"]["chosen_models"]
+    for role, kept in ((ALL_MODELS, models), (GREEDY_MODELS, chosen_models)):
+        if len(models) > 1 and (role == ALL_MODELS or len(kept) < len(models)):
+            specs[("+".join(kept), role)] = settings.spec(
+                kept, [single[model].layers[0] for model in kept], [single[model].pooling[0] for model in kept]
+            )
+    rows = {}
+    for key, spec in specs.items():
+        label = Row(key[1], spec, None).label  # type: ignore[arg-type]
+        if label not in cv:
+            raise ValueError(f"The report has no CV score for {label!r}: it was not written by this script's run_task.")
+        rows[key] = Row(key[1], spec, ProbeScore.from_dict(cv[label]))
+    return rows
+
+
+def llm_pair(rows: dict[tuple[str, str], Row], models: list[str], settings: RunSettings) -> EmbedderSpec | None:
+    """The two LLMs' choices fused (scored for the "two LLMs vs the better one" comparison), if both ran."""
+    llms = [model for model in LLMS if model in models]
+    if len(llms) != 2:
+        return None
+    fused = [rows[(model, FUSED_LAYERS)].spec for model in llms]
+    return settings.spec(llms, [spec.layers[0] for spec in fused], [spec.pooling[0] for spec in fused])
+
+
+def single_layers(model: str, scans: TaskScan, settings: RunSettings) -> list[EmbedderSpec]:
+    """Every layer of ``model`` in every searched pooling: the oracle's candidates."""
+    return [
+        settings.spec([model], [[layer]], [pooling])
+        for pooling in settings.poolings
+        for layer in range(scans.train[model][pooling].vectors.shape[0])
+    ]
+
+
+def score_on_test(specs: list[EmbedderSpec], scans: TaskScan, train, test, probe: ProbeConfig) -> dict:
+    """Each distinct configuration's tuned probe fit on the whole training split and scored on the test split.
+
+    One fit per configuration whatever role it plays (the last layer is also one of the oracle's single
+    layers), independent of each other: in ``probe.n_jobs`` worker processes, each fit single-threaded and
+    unchanged. The features are cut from the scan here, so a worker receives one configuration's matrices
+    rather than a pickle of every model's whole scan.
+    """
+    unique = list(dict.fromkeys(specs))
+    fits = (
+        delayed(fit_and_test)(
+            fused_from_scan(scans.train, spec), train.labels, fused_from_scan(scans.test, spec), test.labels, probe
+        )
+        for spec in unique
+    )
+    scores = Parallel(n_jobs=probe.n_jobs, return_as="generator")(fits)
+    return dict(zip(unique, tqdm(scores, total=len(unique), desc="test fits", unit="fit"), strict=True))
+
+
+def configuration_rows(task: str, rows: dict[tuple[str, str], Row]) -> list[str]:
     """``dataset | configuration | pooling | CV acc | test acc [95% CI] | macro-F1 | C``."""
     return [
         f"| {task} | {row.label} | {'/'.join(dict.fromkeys(row.spec.pooling))} | {percent(row.cv.accuracy_mean)} | "
         f"{interval(row.test)} | {percent(row.test.macro_f1)} | {row.test.C:g} |"
-        for row in result.rows.values()
+        for row in rows.values()
     ]
 
 
-def comparison_rows(task: str, result: RunResult, models: list[str], settings, train, test) -> list[str]:
-    """The paired comparisons the text makes, McNemar with Holm's adjustment over this dataset's table."""
-    pairs = []
-    for model in models:
-        fused, last, best = (result.rows[(model, role)] for role in (FUSED_LAYERS, LAST_LAYER, BEST_LAYER))
-        if best.spec == last.spec:  # one test, counted once in Holm's family
-            pairs.append((f"{model}: choice vs last layer (also the best single layer on CV)", fused, last))
-        else:
-            pairs += [
-                (f"{model}: choice vs last layer", fused, last),
-                (f"{model}: choice vs best single layer", fused, best),
-            ]
-    llms = [model for model in LLMS if model in models]
-    by_cv = lambda model: result.rows[(model, FUSED_LAYERS)].cv.accuracy_mean  # noqa: E731 (chosen on train)
-    if len(llms) == 2:
-        pair_spec = settings.spec(llms, [result.layers(m) for m in llms], [result.searches[m].pooling for m in llms])
-        pair = score_fusion_on_test(result.scans, pair_spec, train, test, settings.probe)
-        better = max(llms, key=by_cv)
-        pairs.append((f"two LLMs vs the better ({better})", _Scored(pair), result.rows[(better, FUSED_LAYERS)]))
-    if llms and BASELINE in models:
-        best_llm = max(llms, key=by_cv)
-        pairs.append(
+def comparison_rows(task: str, rows: dict[tuple[str, str], Row], models: list[str], pair) -> list[str]:
+    """The paired comparisons the text makes, McNemar with Holm's adjustment over this dataset's table.
+
+    Per model, the pairs of ``lafusion run`` (:func:`compare_rows`: a last layer that is also the best single
+    layer is tested once); then the two LLMs fused against the better one (``pair``, its test score) and the
+    best LLM choice against MiniLM's. The better LLM is the one with the better CV score: chosen on training data.
+    """
+    roles = {row.label: (model, role) for (model, role), row in rows.items()}
+    named = []
+    for comparison in compare_rows(rows, models):
+        model, role = roles[comparison.worse]
+        also_best = role == LAST_LAYER and rows[(model, BEST_LAYER)].spec == rows[(model, LAST_LAYER)].spec
+        named.append(
             (
-                f"{best_llm} choice vs MiniLM choice",
-                result.rows[(best_llm, FUSED_LAYERS)],
-                result.rows[(BASELINE, FUSED_LAYERS)],
+                f"{model}: choice vs {ROLE_NAMES[role]}" + (" (also the best single layer on CV)" if also_best else ""),
+                rows[roles[comparison.better]].test,
+                rows[roles[comparison.worse]].test,
             )
         )
-    pairs = [(name, a, b) for name, a, b in pairs if getattr(a, "spec", None) is None or a.spec != b.spec]
-    tests = [mcnemar(a.test.correct, b.test.correct) for _, a, b in pairs]
+    llms = [model for model in LLMS if model in models]
+    by_cv = lambda model: rows[(model, FUSED_LAYERS)].cv.accuracy_mean  # noqa: E731 (chosen on train)
+    if pair is not None:
+        better = max(llms, key=by_cv)
+        named.append((f"two LLMs vs the better ({better})", pair, rows[(better, FUSED_LAYERS)].test))
+    if llms and BASELINE in models:
+        best_llm = max(llms, key=by_cv)
+        choices = rows[(best_llm, FUSED_LAYERS)].test, rows[(BASELINE, FUSED_LAYERS)].test
+        named.append((f"{best_llm} choice vs MiniLM choice", *choices))
+    tests = [mcnemar(a.correct, b.correct) for _, a, b in named]
     adjusted = holm([test.p_value for test in tests])
     return [
-        f"| {task} | {name} | {percent(a.test.accuracy)} | {percent(b.test.accuracy)} | {100 * t.difference:+.1f} | "
+        f"| {task} | {name} | {percent(a.accuracy)} | {percent(b.accuracy)} | {100 * t.difference:+.1f} | "
         f"{t.only_a}/{t.only_b} | {t.p_value:.3g} | {p:.3g} | {'yes' if p < 0.05 else 'no'} |"
-        for (name, a, b), t, p in zip(pairs, tests, adjusted, strict=True)
+        for (name, a, b), t, p in zip(named, tests, adjusted, strict=True)
     ]
 
 
-class _Scored:
-    """A test score standing in for a row (the LLM pair is scored outside ``run_task``)."""
-
-    def __init__(self, test) -> None:
-        self.test = test
-
-
-def oracle_rows(task: str, result: RunResult, models: list[str], settings, train, test) -> list[str]:
+def oracle_rows(task: str, rows: dict[tuple[str, str], Row], models: list[str], scans, settings, scores) -> list[str]:
     """Per model: the automatic choice, the last layer, and the best single layer on *test* (a ceiling)."""
     lines = []
     for model in models:
-        oracle_accuracy, oracle_name = -1.0, ""
-        candidates = [
-            (pooling, layer)
-            for pooling in settings.poolings
-            for layer in range(result.scans.train[model][pooling].vectors.shape[0])
-        ]
-        # One tuned-probe fit per layer and pooling on the whole training split (an hour and more on full
-        # R52), independent of each other: in worker processes, each fit single-threaded and unchanged. This
-        # is score_fusion_on_test split in two: the layer's features are cut from the scan here, so a worker
-        # receives one layer's matrices rather than a pickle of every model's whole scan.
-        specs = [settings.spec([model], [[layer]], [pooling]) for pooling, layer in candidates]
-        fits = (
-            delayed(fit_and_test)(
-                fused_from_scan(result.scans.train, spec), train.labels,
-                fused_from_scan(result.scans.test, spec), test.labels, settings.probe,
-            )
-            for spec in specs
-        )  # fmt: skip
-        scores = Parallel(n_jobs=settings.probe.n_jobs, return_as="generator")(fits)
-        for (pooling, layer), score in zip(
-            candidates, tqdm(scores, total=len(candidates), desc=f"oracle {model}", unit="layer"), strict=True
-        ):
-            if score.accuracy > oracle_accuracy:
-                oracle_accuracy, oracle_name = score.accuracy, f"{pooling} [{layer}]"
-        auto, last = result.rows[(model, FUSED_LAYERS)], result.rows[(model, LAST_LAYER)]
-        choice = f"{result.searches[model].pooling} {result.layers(model)}"
+        oracle = max(single_layers(model, scans, settings), key=lambda spec: scores[spec].accuracy)  # first of ties
+        auto, last = rows[(model, FUSED_LAYERS)], rows[(model, LAST_LAYER)]
+        choice = f"{auto.spec.pooling[0]} {list(auto.spec.layers[0])}"
         lines.append(
             f"| {task} | {model} | {choice} | {percent(auto.test.accuracy)} | "
-            f"{percent(last.test.accuracy)} | {oracle_name} {percent(oracle_accuracy)} | "
-            f"{100 * (auto.test.accuracy - oracle_accuracy):+.1f} |"
+            f"{percent(last.test.accuracy)} | {oracle.pooling[0]} {list(oracle.layers[0])} "
+            f"{percent(scores[oracle].accuracy)} | {100 * (auto.test.accuracy - scores[oracle].accuracy):+.1f} |"
         )
     return lines
 
 
-def before_after_rows(task: str, result: RunResult, output: Path) -> list[str]:
+def before_after_rows(task: str, rows: dict[tuple[str, str], Row], output: Path) -> list[str]:
     """The former probe's test accuracy per configuration role (from the kept former summary) and today's."""
     path = output / task / FORMER
     if not path.is_file():
@@ -175,7 +245,7 @@ def before_after_rows(task: str, result: RunResult, output: Path) -> list[str]:
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         former[cells[1]] = cells[3]
     lines = []
-    for (model, role), row in result.rows.items():
+    for (model, role), row in rows.items():
         match = next((name for name in former if name.startswith(f"{model} {role} ")), None)
         if match is not None:
             lines.append(
@@ -234,7 +304,8 @@ def write_summary(plan: Plan, config: Path, settings: RunSettings) -> str:
                 tables[key] += part[key]
             sizes.append(f"{task} {part['size']}")
             # runs before the probes' worker processes were recorded had one (and the oracle's fits too)
-            seconds.append(f"{task} {part['seconds']:.0f} s with {part.get('workers', 1)} probe process(es)")
+            reused = " (test scoring only: an earlier run's selection reused)" if part.get("reused_selection") else ""
+            seconds.append(f"{task} {part['seconds']:.0f} s with {part.get('workers', 1)} probe process(es){reused}")
             kept.append(f"{task} {part['kept_simpler']}")
             done.append(task)
             models.update(part["models"])
@@ -294,6 +365,10 @@ def main() -> None:
         help="processes for the probes' fits (default: %(default)s; 1 on a machine shared with other jobs)",
     )  # fmt: skip
     parser.add_argument(
+        "--reselect", action="store_true",
+        help="redo the selection even where a report.json of the same settings is there (default: reuse it)",
+    )  # fmt: skip
+    parser.add_argument(
         "--summary-only", action="store_true",
         help="only rewrite SUMMARY.md from the summary.json files already written (no scans, no probes)",
     )  # fmt: skip
@@ -304,18 +379,33 @@ def main() -> None:
     for task in [] if args.summary_only else plan.datasets:
         train, test = plan.splits(task)
         start = time.perf_counter()
-        result = run_task(task, train, test, args.models, output / task, settings)
+        report_path = output / task / "report.json"
+        report = None if args.reselect else reusable_report(report_path, task, train, args.models, settings)
+        reused = report is not None
+        if not reused:  # the choices, on the training split only: run_task sees no test text
+            run_task(task, train, None, args.models, output / task, settings)
+            report = json.loads(report_path.read_text(encoding="utf-8"))
+        else:
+            print(f"{task}: reusing the selection of {report_path} ({report['created']})", flush=True)
+        rows = chosen_rows(report, args.models, settings)
+        scans = scan_task(args.models, train.texts, test.texts, settings.poolings, **settings.scan.scanner_arguments)
+        pair = llm_pair(rows, args.models, settings)
+        specs = [row.spec for row in rows.values()] + ([pair] if pair else [])
+        specs += [spec for model in args.models for spec in single_layers(model, scans, settings)]  # the oracle's
+        scores = score_on_test(specs, scans, train, test, settings.probe)
+        rows = {key: replace(row, test=scores[row.spec]) for key, row in rows.items()}
         summary = {
             "size": f"{len(train)}/{len(test)}",
             "models": args.models,
-            "rows": configuration_rows(task, result),
-            "comparisons": comparison_rows(task, result, args.models, settings, train, test),
-            "oracle": oracle_rows(task, result, args.models, settings, train, test),
-            "before_after": before_after_rows(task, result, output),
-            "kept_simpler": sum(len(search.kept_simpler) for search in result.searches.values()),
+            "rows": configuration_rows(task, rows),
+            "comparisons": comparison_rows(task, rows, args.models, scores[pair] if pair else None),
+            "oracle": oracle_rows(task, rows, args.models, scans, settings, scores),
+            "before_after": before_after_rows(task, rows, output),
+            "kept_simpler": sum(len(report["kept_simpler"][model]) for model in args.models),
+            "seconds": time.perf_counter() - start,
+            "workers": settings.probe.n_jobs,
+            "reused_selection": reused,
         }
-        summary["seconds"] = time.perf_counter() - start
-        summary["workers"] = settings.probe.n_jobs
         (output / task / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         print(f"{task}: {summary['seconds']:.0f} s", flush=True)
     print(write_summary(load_data_plan(args.config), args.config, settings))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
-from full_data import steps
+from full_data import read_record, record_step, steps
 from runner import REPOSITORY
 
 
@@ -26,3 +27,14 @@ def test_each_step_script_accepts_the_arguments_it_is_given() -> None:
         assert help_run.returncode == 0, help_run.stderr
         for option in (argument for argument in command[2:] if argument.startswith("--")):
             assert option in help_run.stdout, (command[1], option)
+
+
+def test_steps_running_at_once_keep_each_others_wall_time(tmp_path) -> None:
+    path = tmp_path / "r52" / "run.json"
+    fields = {"dataset": "r52", "command": "python eval/full_data.py r52"}
+    started_first = read_record(path)  # what a run of the MTEB step read when it began
+    record_step(path, fields, "selection", 600.0)  # another run's step ends meanwhile
+    record = record_step(path, fields, "mteb", 300.0)
+    assert started_first == {"steps": {}}
+    assert record["steps"].keys() == {"selection", "mteb"} and record["steps"]["selection"]["seconds"] == 600.0
+    assert json.loads(path.read_text()) == record

@@ -6,12 +6,28 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 from runner import REPOSITORY, load_data_plan
-from selection_runs import write_summary
+from selection_runs import (
+    chosen_rows,
+    comparison_rows,
+    llm_pair,
+    oracle_rows,
+    reusable_report,
+    score_on_test,
+    single_layers,
+    write_summary,
+)
 
+from lafusion_st.data import LabeledTexts
+from lafusion_st.pipeline import ALL_MODELS, BEST_LAYER, FUSED_LAYERS, GREEDY_MODELS, LAST_LAYER
+from lafusion_st.probe import ProbeConfig, ProbeScore, fit_and_test
+from lafusion_st.scan import LayerVectors, TaskScan, fused_from_scan
 from lafusion_st.spec import RunSettings
+from lafusion_st.stats import holm, mcnemar
 
 ROW = "| r8 | smollm2-135m last layer [30] | mean | 90.0 | 89.0 [88.0, 90.0] | 80.0 | 0.01 |"
 
@@ -29,6 +45,12 @@ def config_file(tmp_path: Path) -> Path:
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"selection_folder": str(tmp_path / "full"), "datasets": ["r8", "r52"]}))
     return config
+
+
+def hand_made_score(accuracy_folds: list[float]) -> ProbeScore:
+    folds = tuple(accuracy_folds)
+    mean, std = float(np.mean(folds)), float(np.std(folds))
+    return ProbeScore(mean, std, mean, std, len(folds), 150, 6, True, "tuned", folds, folds, (1.0,) * len(folds))
 
 
 def test_summary_only_rebuilds_from_the_datasets_run_and_names_those_not_run(tmp_path: Path) -> None:
@@ -49,3 +71,132 @@ def test_the_former_probe_table_appears_when_a_dataset_kept_one(tmp_path: Path) 
     config = config_file(tmp_path)
     text = write_summary(load_data_plan(config), config, RunSettings())
     assert "## Former probe" in text and former in text
+
+
+# The test scoring after the selection, on hand-made scans of three models (no model is loaded): what a
+# resumed run computes from a kept report.json.
+MODELS = ["smollm2-135m", "gemma3-270m", "minilm-l6"]
+SETTINGS = RunSettings()  # mean and last-token pooling, as selection_runs.py searches
+
+
+def scanned(rng: np.random.Generator, labels: np.ndarray, strengths: list[float]) -> dict[str, LayerVectors]:
+    """One model's layers: layer ``l`` carries the class signal with strength ``strengths[l]`` in noise."""
+    centres = rng.normal(size=(labels.max() + 1, 6))
+    layers = np.stack([strength * centres[labels] + rng.normal(size=(len(labels), 6)) for strength in strengths])
+    return {pooling: LayerVectors(MODELS[0], pooling, layers.astype(np.float32)) for pooling in SETTINGS.poolings}
+
+
+def task_scan() -> tuple[TaskScan, LabeledTexts, LabeledTexts]:
+    train_labels, test_labels = np.arange(150) % 3, np.arange(120) % 3
+    strengths = {"smollm2-135m": [0.1, 0.6, 0.9, 0.4], "gemma3-270m": [0.2, 0.8, 0.5], "minilm-l6": [0.1, 0.3, 0.5]}
+    scans = TaskScan(test={})
+    for model, by_layer in strengths.items():
+        scans.train[model] = scanned(np.random.default_rng(len(model)), train_labels, by_layer)
+        scans.test[model] = scanned(np.random.default_rng(len(model)), test_labels, by_layer)  # same centres
+    texts = lambda labels: LabeledTexts([f"text {i}" for i in range(len(labels))], labels.tolist())  # noqa: E731
+    return scans, texts(train_labels), texts(test_labels)
+
+
+def kept_report(train: LabeledTexts) -> dict:
+    """A report.json as run_task writes it, reduced to what the test scoring reads."""
+    choices = {  # model: (chosen layers, pooling, best single layer, last layer)
+        "smollm2-135m": ([1, 2], "mean", 2, 3), "gemma3-270m": ([1], "last", 1, 2), "minilm-l6": ([1, 2], "mean", 2, 2),
+    }  # fmt: skip
+    cv, score = {}, lambda accuracy: hand_made_score([accuracy] * 5).to_dict()  # noqa: E731
+    for model, (chosen, _, best, last) in choices.items():
+        cv |= {
+            f"{model} last layer [{last}]": score(0.6),
+            f"{model} best layer [{best}]": score(0.7),
+            f"{model} fused layers {chosen}": score({"gemma3-270m": 0.9}.get(model, 0.8)),
+        }
+    cv[f"{ALL_MODELS} " + " + ".join(f"{model} {choices[model][0]}" for model in MODELS)] = score(0.85)
+    cv[f"{GREEDY_MODELS} smollm2-135m + gemma3-270m"] = score(0.86)
+    return {
+        "task": "r8",
+        "created": "2026-12-06T17:14:19+00:00",
+        "probe": json.loads(json.dumps(vars(SETTINGS.probe))),
+        "settings": {
+            "poolings": ["mean", "last"],
+            "max_seq_length": 256,
+            "standard_errors": 1.0,
+            "num_train": len(train),
+            "models": MODELS,
+            "chosen_models": ["smollm2-135m", "gemma3-270m"],
+            "chosen": {"dtype": "fp32"},
+            "coarse_to_fine": None,
+        },  # fmt: skip
+        "selections": {
+            model: {"chosen": chosen, "pooling": pooling} for model, (chosen, pooling, _, _) in choices.items()
+        },
+        "models": {model: {"best_layer": best, "last_layer": last} for model, (_, _, best, last) in choices.items()},
+        "cv": cv,
+        "kept_simpler": {model: [] for model in MODELS},
+    }
+
+
+def test_a_kept_selection_is_reused_only_under_the_same_data_size_settings_and_probe(tmp_path: Path) -> None:
+    _, train, _ = task_scan()
+    path = tmp_path / "report.json"
+    assert reusable_report(path, "r8", train, MODELS, SETTINGS) is None  # nothing kept yet
+    path.write_text(json.dumps(kept_report(train)))
+    assert reusable_report(path, "r8", train, MODELS, SETTINGS) is not None
+    assert reusable_report(path, "r8", train, MODELS, replace(SETTINGS, probe=ProbeConfig(n_jobs=2))) is not None
+    changed = [
+        ("r52", train, MODELS, SETTINGS),
+        ("r8", LabeledTexts(train.texts[:-1], train.labels[:-1]), MODELS, SETTINGS),
+        ("r8", train, MODELS[:2], SETTINGS),
+        ("r8", train, MODELS, RunSettings(poolings=("mean",))),
+        ("r8", train, MODELS, replace(SETTINGS, standard_errors=0.5)),
+        ("r8", train, MODELS, replace(SETTINGS, probe=ProbeConfig(max_iter=100))),
+    ]
+    assert [reusable_report(path, *arguments) for arguments in changed] == [None] * len(changed)
+
+
+def test_the_test_scoring_fits_each_configuration_once_and_builds_the_tables_from_those_fits() -> None:
+    scans, train, test = task_scan()
+    rows = chosen_rows(kept_report(train), MODELS, SETTINGS)
+    assert [row.label for row in rows.values()] == list(kept_report(train)["cv"])  # run_task's rows, in its order
+    pair = llm_pair(rows, MODELS, SETTINGS)
+    candidates = [spec for model in MODELS for spec in single_layers(model, scans, SETTINGS)]
+    assert len(candidates) == 2 * (4 + 3 + 3)
+    specs = [*(row.spec for row in rows.values()), pair, *candidates]
+    scores = score_on_test(specs, scans, train, test, SETTINGS.probe)
+    # the single-layer rows are oracle candidates and the LLM pair is the greedy models' row here: the two
+    # models' fused layers and the two multi-model rows are the only extra fits
+    assert pair == rows[("smollm2-135m+gemma3-270m", GREEDY_MODELS)].spec
+    assert len(scores) == len(candidates) + 4
+    last = rows[("smollm2-135m", LAST_LAYER)].spec
+    direct = fit_and_test(
+        fused_from_scan(scans.train, last), train.labels, fused_from_scan(scans.test, last), test.labels, SETTINGS.probe
+    )
+    assert np.array_equal(scores[last].correct, direct.correct) and scores[last].C == direct.C
+    rows = {key: replace(row, test=scores[row.spec]) for key, row in rows.items()}
+
+    oracle = oracle_rows("r8", rows, MODELS, scans, SETTINGS, scores)
+    for model, line in zip(MODELS, oracle, strict=True):
+        best = max(single_layers(model, scans, SETTINGS), key=lambda spec: scores[spec].accuracy)
+        assert f"| {best.pooling[0]} [{best.layers[0][0]}] {100 * scores[best].accuracy:.1f} |" in line
+
+    comparisons = comparison_rows("r8", rows, MODELS, scores[pair])
+    names = [line.split(" | ")[1] for line in comparisons]
+    assert names == [
+        "smollm2-135m: choice vs last layer",
+        "smollm2-135m: choice vs best single layer",
+        "gemma3-270m: choice vs last layer",  # its best single layer is its choice: no second test
+        "minilm-l6: choice vs last layer (also the best single layer on CV)",  # one test, not two
+        "two LLMs vs the better (gemma3-270m)",  # better by CV
+        "gemma3-270m choice vs MiniLM choice",
+    ]
+    pairs = [
+        (("smollm2-135m", FUSED_LAYERS), ("smollm2-135m", LAST_LAYER)),
+        (("smollm2-135m", FUSED_LAYERS), ("smollm2-135m", BEST_LAYER)),
+        (("gemma3-270m", FUSED_LAYERS), ("gemma3-270m", LAST_LAYER)),
+        (("minilm-l6", FUSED_LAYERS), ("minilm-l6", LAST_LAYER)),
+    ]
+    tests = [mcnemar(rows[a].test.correct, rows[b].test.correct) for a, b in pairs]
+    tests += [
+        mcnemar(scores[pair].correct, rows[("gemma3-270m", FUSED_LAYERS)].test.correct),
+        mcnemar(rows[("gemma3-270m", FUSED_LAYERS)].test.correct, rows[("minilm-l6", FUSED_LAYERS)].test.correct),
+    ]
+    adjusted = holm([test.p_value for test in tests])
+    assert [line.split(" | ")[7] for line in comparisons] == [f"{p:.3g}" for p in adjusted]  # Holm over all six

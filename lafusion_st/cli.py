@@ -150,6 +150,12 @@ def add_selection_arguments(parser: argparse.ArgumentParser, default_models: lis
     )
     RunSettings.add_arguments(parser)
     parser.add_argument(
+        "--jobs",
+        type=int,
+        help="worker processes for the probes' fits (default: ProbeConfig's, 1); each fit is single-threaded, so "
+        "the results do not depend on it: use the idle cores",
+    )
+    parser.add_argument(
         "--output", "-o", default="lafusion-run", help="folder for report.json, layer_curves.png, model/"
     )
 
@@ -179,12 +185,7 @@ def cmd_scan(args: argparse.Namespace) -> None:
         from lafusion_st.ray_options import RayOptions
 
         engine = {"engine": "ray", "ray_options": RayOptions.from_args(args)}
-    scanner_settings = {
-        "max_seq_length": settings.max_seq_length,
-        "batch_size": settings.batch_size,
-        "dtype": settings.dtype,
-        **engine,
-    }
+    scanner_settings = {**settings.scanner_arguments, **engine}
     if settings.coarse_to_fine:
         from lafusion_st.coarse_to_fine import describe, scan_task_coarse_to_fine
         from lafusion_st.probe import ProbeConfig
@@ -214,7 +215,11 @@ def _run(args: argparse.Namespace, with_test: bool) -> None:
 
     args.models = args.models or list(DEFAULT_MODELS)
     task, train, test = load_task_from_args(args)
-    settings = RunSettings.from_args(args, probe=ProbeConfig(seed=args.seed))
+    try:
+        probe = ProbeConfig(seed=args.seed, **({} if args.jobs is None else {"n_jobs": args.jobs}))
+    except ValueError as error:  # ProbeConfig's own checks, said as a user error
+        raise InvalidArgumentError(f"--jobs: {error}") from error
+    settings = RunSettings.from_args(args, probe=probe)
     print(
         f"task {task}: {len(train)} train / {len(test)} test texts, {len(train.classes)} classes; models {args.models}"
     )

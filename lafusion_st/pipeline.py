@@ -140,7 +140,7 @@ def run_task(
     check_classification_data(train, test)
     output_dir = Path(output_dir)
     scan = settings.scan
-    scanner_settings = {"max_seq_length": scan.max_seq_length, "batch_size": scan.batch_size, "dtype": scan.dtype}
+    scanner_settings = scan.scanner_arguments
     test_texts = test.texts if test is not None else None
     coarse: dict[str, CoarseScan] = {}
     if scan.coarse_to_fine:
@@ -280,13 +280,16 @@ def run_task(
 
 def compare_rows(rows: dict[tuple[str, str], Row], models: list[str]) -> list[Comparison]:
     """McNemar tests of :data:`COMPARISONS` per model (skipping identical configurations and rows a
-    coarse-to-fine run has not got), Holm-adjusted together."""
-    pairs = [
-        (rows[(model, a)], rows[(model, b)])
-        for model in models
-        for a, b in COMPARISONS
-        if (model, a) in rows and (model, b) in rows and rows[(model, a)].spec != rows[(model, b)].spec
-    ]
+    coarse-to-fine run has not got), Holm-adjusted together. Where two roles are one configuration (the last
+    layer is also the best single layer), the test is made once: counted twice, it would inflate Holm's family."""
+    pairs: list[tuple[Row, Row]] = []
+    for model in models:
+        for a, b in COMPARISONS:
+            if (model, a) not in rows or (model, b) not in rows or rows[(model, a)].spec == rows[(model, b)].spec:
+                continue
+            pair = (rows[(model, a)], rows[(model, b)])
+            if not any(pair[0].spec == kept[0].spec and pair[1].spec == kept[1].spec for kept in pairs):
+                pairs.append(pair)
     tests = [mcnemar(a.test.correct, b.test.correct) for a, b in pairs]
     adjusted = holm([test.p_value for test in tests])
     return [Comparison(a.label, b.label, test, p) for (a, b), test, p in zip(pairs, tests, adjusted, strict=True)]

@@ -119,6 +119,8 @@ class ProbeConfig:
                 raise ValueError(f"{name} must be an integer >= 2, got {value!r}.")
         if self.max_iter < 1 or self.tol <= 0:
             raise ValueError(f"max_iter and tol must be positive, got {self.max_iter!r}, {self.tol!r}.")
+        if isinstance(self.n_jobs, bool) or not isinstance(self.n_jobs, int) or self.n_jobs == 0:
+            raise ValueError(f"n_jobs must be a process count (or as in joblib, -1: every core), got {self.n_jobs!r}.")
         for name in ("Cs", "ranking_Cs"):
             grid = tuple(getattr(self, name))
             if not grid or any(not value > 0 for value in grid):
@@ -163,6 +165,11 @@ class ProbeScore:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProbeScore:
+        """The score :meth:`to_dict` wrote (e.g. a report's ``cv`` entry) back, to reuse a finished run's choices."""
+        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in data.items()})
 
 
 @dataclass(frozen=True)

@@ -248,6 +248,12 @@ class ScanSettings:
         _check_choice("dtype", self.dtype, DTYPES)
         _check_coarse_to_fine(self.coarse_to_fine, self.coarse_sample_size)
 
+    @property
+    def scanner_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`~lafusion_st.scan.make_scanner` these settings fix: one place, so every
+        caller scans (and finds in the scan cache) with the same ones."""
+        return {"max_seq_length": self.max_seq_length, "batch_size": self.batch_size, "dtype": self.dtype}
+
 
 def _default_probe() -> ProbeConfig:
     from lafusion_st.probe import ProbeConfig  # scikit-learn: imported only when a search runs

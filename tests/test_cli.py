@@ -134,6 +134,7 @@ def test_user_errors_print_one_line_and_exit_2_debug_shows_the_traceback(tiny_mo
         (["embed", "--input", str(train) + ".missing", "-m", tiny_models["llama"], "-l", "1"], "No such file"),
         (["eval", str(train) + ".missing"], "No such folder"),
         (["embed", "text"], "give --saved FOLDER, or --model and --layers"),
+        (["select", "--task", "sst2", "--jobs", "0", "-m", tiny_models["llama"]], "--jobs: n_jobs must be a process"),
     ):
         assert main(argv) == 2, argv
         printed = capsys.readouterr().err
@@ -226,6 +227,13 @@ def test_select_with_seeds_reports_how_often_each_layer_is_chosen(tiny_models, t
     assert all(1 <= count <= 2 for count in stability["layer_counts"].values())
     counts = ", ".join(f"{layer}: {count}/2" for layer, count in stability["layer_counts"].items())
     assert f"layers chosen across fold seeds [0, 1]: {counts}" in printed
+    # The probes' fits in 2 worker processes: the same report (each fit is single-threaded either way).
+    parallel = tmp_path / "select-2-jobs"
+    assert main(["select", *arguments, "--seeds", "2", "--jobs", "2", "-o", str(parallel)]) in (None, 0)
+    one, two = (json.loads((folder / "report.json").read_text()) for folder in (out, parallel))
+    assert two["probe"].pop("n_jobs") == 2 and one["probe"].pop("n_jobs") == 1
+    assert two.pop("created") and one.pop("created")
+    assert two == one
 
 
 def test_embed_a_file_into_resumable_shards_and_npy(tiny_models, tmp_path, capsys) -> None:

@@ -107,6 +107,8 @@ def test_bad_probe_settings_are_rejected() -> None:
         ProbeConfig(Cs=(0.1, -1.0))
     with pytest.raises(ValueError, match="inner_folds must be an integer >= 2"):
         ProbeConfig(inner_folds=1)
+    with pytest.raises(ValueError, match="n_jobs must be a process count"):
+        ProbeConfig(n_jobs=0)
     assert ProbeConfig(Cs=(10, 0.1)).Cs == (0.1, 10.0)
     with pytest.raises(ValueError, match=r"Unknown probe 'svm'; choose one of \['tuned', 'ranking'\]"):
         cross_validate(np.zeros((8, 2)), [0, 1] * 4, CONFIG, probe="svm")
