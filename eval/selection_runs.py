@@ -40,9 +40,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from joblib import Parallel, delayed
 from runner import REPOSITORY, Plan, load_data_plan
-from tqdm.auto import tqdm
 
 from lafusion_st.data import check_classification_data
 from lafusion_st.pipeline import (
@@ -54,9 +52,10 @@ from lafusion_st.pipeline import (
     Row,
     compare_rows,
     run_task,
+    score_on_test,
 )
-from lafusion_st.probe import ProbeConfig, ProbeScore, fit_and_test
-from lafusion_st.scan import TaskScan, fused_from_scan, scan_task
+from lafusion_st.probe import ProbeConfig, ProbeScore
+from lafusion_st.scan import TaskScan, scan_task
 from lafusion_st.spec import EmbedderSpec, RunSettings
 from lafusion_st.stats import holm, mcnemar
 
@@ -161,25 +160,6 @@ def single_layers(model: str, scans: TaskScan, settings: RunSettings) -> list[Em
         for pooling in settings.poolings
         for layer in range(scans.train[model][pooling].vectors.shape[0])
     ]
-
-
-def score_on_test(specs: list[EmbedderSpec], scans: TaskScan, train, test, probe: ProbeConfig) -> dict:
-    """Each distinct configuration's tuned probe fit on the whole training split and scored on the test split.
-
-    One fit per configuration whatever role it plays (the last layer is also one of the oracle's single
-    layers), independent of each other: in ``probe.n_jobs`` worker processes, each fit single-threaded and
-    unchanged. The features are cut from the scan here, so a worker receives one configuration's matrices
-    rather than a pickle of every model's whole scan.
-    """
-    unique = list(dict.fromkeys(specs))
-    fits = (
-        delayed(fit_and_test)(
-            fused_from_scan(scans.train, spec), train.labels, fused_from_scan(scans.test, spec), test.labels, probe
-        )
-        for spec in unique
-    )
-    scores = Parallel(n_jobs=probe.n_jobs, return_as="generator")(fits)
-    return dict(zip(unique, tqdm(scores, total=len(unique), desc="test fits", unit="fit"), strict=True))
 
 
 def configuration_rows(task: str, rows: dict[tuple[str, str], Row]) -> list[str]:

@@ -11,11 +11,13 @@ split is only used, at the end, to report the accuracy of configurations already
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from joblib import Parallel, delayed
+from tqdm.auto import tqdm
 
 from lafusion_st.coarse_to_fine import CoarseScan, describe, scan_task_coarse_to_fine
 from lafusion_st.data import LabeledTexts, check_classification_data
@@ -166,8 +168,7 @@ def run_task(
         return cross_validate(fused_from_scan(scans.train, spec), labels, settings.probe).score
 
     def add_row(role: str, spec: EmbedderSpec, cv: ProbeScore | None = None) -> None:
-        tested = score_fusion_on_test(scans, spec, train, test, settings.probe) if test is not None else None
-        rows[("+".join(spec.models), role)] = Row(role, spec, cv if cv is not None else tuned_cv(spec), tested)
+        rows[("+".join(spec.models), role)] = Row(role, spec, cv if cv is not None else tuned_cv(spec))
 
     searches: dict[str, LayerSearch] = {}
     chosen_specs: dict[str, EmbedderSpec] = {}
@@ -201,6 +202,9 @@ def run_task(
         if len(chosen_models) < len(models):
             add_row(GREEDY_MODELS, _joined(chosen_specs, chosen_models))
 
+    if test is not None:  # every choice is made: now the test split, each configuration fitted once
+        tested = score_on_test([row.spec for row in rows.values()], scans, train, test, settings.probe)
+        rows = {key: replace(row, test=tested[row.spec]) for key, row in rows.items()}
     comparisons = compare_rows(rows, models) if test is not None else []
     stable = {
         model: stability(
@@ -348,17 +352,33 @@ def format_table(result: RunResult) -> str:
     return "\n".join(lines)
 
 
-def score_fusion_on_test(
-    scans: TaskScan, spec: EmbedderSpec, train: LabeledTexts, test: LabeledTexts, probe: ProbeConfig
-) -> TestScore:
-    """Test score of the embedder ``spec`` (concatenated layers and models, as built) from a scan.
+def score_on_test(
+    specs: list[EmbedderSpec],
+    scans: TaskScan,
+    train: LabeledTexts,
+    test: LabeledTexts,
+    probe: ProbeConfig,
+    show_progress_bar: bool = True,
+) -> dict[EmbedderSpec, TestScore]:
+    """Test score of each embedder in ``specs`` (concatenated layers and models, as built) from a scan.
 
     The tuned probe is fit on the whole training split and scored on the test split, so call this only for
-    configurations already chosen on training data.
+    configurations already chosen on training data. Each distinct configuration is fitted once (two roles may
+    be one configuration: a last layer that is also the best single layer), in ``probe.n_jobs`` worker
+    processes: the fits are independent, single-threaded and unchanged by the worker count. Each one's features
+    are cut from the scan in this process, so a worker receives one configuration's matrices rather than a
+    pickle of every model's whole scan.
     """
-    return fit_and_test(
-        fused_from_scan(scans.train, spec), train.labels, fused_from_scan(scans.test, spec), test.labels, probe
+    unique = list(dict.fromkeys(specs))
+    fits = (
+        delayed(fit_and_test)(
+            fused_from_scan(scans.train, spec), train.labels, fused_from_scan(scans.test, spec), test.labels, probe
+        )
+        for spec in unique
     )
+    scores = Parallel(n_jobs=probe.n_jobs, return_as="generator")(fits)
+    progress = tqdm(scores, total=len(unique), desc="test fits", unit="fit", disable=not show_progress_bar)
+    return dict(zip(unique, progress, strict=True))
 
 
 def _joined(specs: dict[str, EmbedderSpec], models: list[str]) -> EmbedderSpec:
