@@ -35,6 +35,7 @@ from transformers import (
     StableLmConfig,
 )
 
+from lafusion_st.data import LabeledTexts
 from lafusion_st.pooling import pool
 from lafusion_st.probe import ProbeScore
 
@@ -230,3 +231,29 @@ SENTENCES = [
     "the company reported a profit and the stock market loved it but shares fell",
     "fun",
 ]
+
+
+@pytest.fixture(scope="module")
+def good_or_not() -> LabeledTexts:
+    """Eight random words a text, label: whether "good" is among them. Bag-of-words layers (the mean-pooled
+    embedding output) see it plainly; the random tiny model's deeper layers blur it (a falling layer curve)."""
+    rng = np.random.default_rng(0)
+    words = [word for word in WORDS if word != "good"]
+    texts, labels = [], []
+    for index in range(120):
+        text = list(rng.choice(words, size=8))
+        if index % 2:
+            text[rng.integers(8)] = "good"
+        texts.append(" ".join(text))
+        labels.append(index % 2)
+    return LabeledTexts(texts, labels)
+
+
+@pytest.fixture(scope="module")
+def scan_cache_dir(tmp_path_factory: pytest.TempPathFactory):
+    """One scan cache (``$LAFUSION_CACHE``) per test module, so that a run reuses the scans of the module's
+    earlier tests."""
+    root = tmp_path_factory.mktemp("lafusion_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LAFUSION_CACHE", str(root))
+        yield root / "scans"

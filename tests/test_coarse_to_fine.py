@@ -24,31 +24,6 @@ from lafusion_st.spec import EmbedderSpec, RunSettings, ScanSettings
 FAST = ProbeConfig(folds=4, max_iter=200, Cs=(0.01, 0.1, 1.0))
 
 
-@pytest.fixture(scope="module")
-def good_or_not() -> LabeledTexts:
-    """Eight random words a text, label: whether "good" is among them. Bag-of-words layers (the mean-pooled
-    embedding output) see it plainly; the random tiny model's deeper layers blur it (a falling layer curve)."""
-    rng = np.random.default_rng(0)
-    words = [word for word in WORDS if word != "good"]
-    texts, labels = [], []
-    for index in range(120):
-        text = list(rng.choice(words, size=8))
-        if index % 2:
-            text[rng.integers(8)] = "good"
-        texts.append(" ".join(text))
-        labels.append(index % 2)
-    return LabeledTexts(texts, labels)
-
-
-@pytest.fixture(scope="module")
-def scan_cache_dir(tmp_path_factory: pytest.TempPathFactory):
-    """One scan cache (``$LAFUSION_CACHE``) for this module, so that a run reuses the scans of earlier tests."""
-    root = tmp_path_factory.mktemp("lafusion_cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LAFUSION_CACHE", str(root))
-        yield root / "scans"
-
-
 @pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2"])  # rotary, per-layer attention types, absolute
 def test_truncated_scan_equals_the_first_layers_of_a_full_scan(tiny_models, family, tmp_path) -> None:
     texts = [f"{a} {b} film" for a in WORDS[:6] for b in WORDS[9:11]]
