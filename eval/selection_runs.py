@@ -51,6 +51,7 @@ from lafusion_st.pipeline import (
     LAST_LAYER,
     Row,
     compare_rows,
+    joined_spec,
     run_task,
     score_on_test,
 )
@@ -132,9 +133,7 @@ def chosen_rows(report: dict, models: list[str], settings: RunSettings) -> dict[
     chosen_models = report["settings"]["chosen_models"]
     for role, kept in ((ALL_MODELS, models), (GREEDY_MODELS, chosen_models)):
         if len(models) > 1 and (role == ALL_MODELS or len(kept) < len(models)):
-            specs[("+".join(kept), role)] = settings.spec(
-                kept, [single[model].layers[0] for model in kept], [single[model].pooling[0] for model in kept]
-            )
+            specs[("+".join(kept), role)] = joined_spec(single, kept)
     rows = {}
     for key, spec in specs.items():
         label = Row(key[1], spec, None).label  # type: ignore[arg-type]
@@ -144,13 +143,12 @@ def chosen_rows(report: dict, models: list[str], settings: RunSettings) -> dict[
     return rows
 
 
-def llm_pair(rows: dict[tuple[str, str], Row], models: list[str], settings: RunSettings) -> EmbedderSpec | None:
+def llm_pair(rows: dict[tuple[str, str], Row], models: list[str]) -> EmbedderSpec | None:
     """The two LLMs' choices fused (scored for the "two LLMs vs the better one" comparison), if both ran."""
     llms = [model for model in LLMS if model in models]
     if len(llms) != 2:
         return None
-    fused = [rows[(model, FUSED_LAYERS)].spec for model in llms]
-    return settings.spec(llms, [spec.layers[0] for spec in fused], [spec.pooling[0] for spec in fused])
+    return joined_spec({model: rows[(model, FUSED_LAYERS)].spec for model in llms}, llms)
 
 
 def single_layers(model: str, scans: TaskScan, settings: RunSettings) -> list[EmbedderSpec]:
@@ -378,7 +376,7 @@ def main() -> None:
             print(f"{task}: reusing the selection of {report_path} ({report['created']})", flush=True)
         rows = chosen_rows(report, args.models, settings)
         scans = scan_task(args.models, train.texts, test.texts, settings.poolings, **settings.scan.scanner_arguments)
-        pair = llm_pair(rows, args.models, settings)
+        pair = llm_pair(rows, args.models)
         specs = [row.spec for row in rows.values()] + ([pair] if pair else [])
         specs += [spec for model in args.models for spec in single_layers(model, scans, settings)]  # the oracle's
         scores = score_on_test(specs, scans, train, test, settings.probe)

@@ -176,7 +176,7 @@ def test_the_test_scoring_fits_each_configuration_once_and_builds_the_tables_fro
     assert rows[("gemma3-270m", LAST_LAYER)].spec.pooling == ("mean",)
     assert rows[("gemma3-270m", BEST_LAYER)].spec == rows[("gemma3-270m", FUSED_LAYERS)].spec
     assert rows[("gemma3-270m", BEST_LAYER)].spec.pooling == ("last",)
-    pair = llm_pair(rows, MODELS, SETTINGS)
+    pair = llm_pair(rows, MODELS)
     candidates = [spec for model in MODELS for spec in single_layers(model, scans, SETTINGS)]
     assert len(candidates) == 2 * (4 + 3 + 3)
     specs = [*(row.spec for row in rows.values()), pair, *candidates]

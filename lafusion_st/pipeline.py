@@ -198,9 +198,9 @@ def run_task(
         )
         model_complementarity = complementarity(features, labels, settings.probe)
         chosen_models = list(model_selection.chosen)
-        add_row(ALL_MODELS, _joined(chosen_specs, models))
+        add_row(ALL_MODELS, joined_spec(chosen_specs, models))
         if len(chosen_models) < len(models):
-            add_row(GREEDY_MODELS, _joined(chosen_specs, chosen_models))
+            add_row(GREEDY_MODELS, joined_spec(chosen_specs, chosen_models))
 
     if test is not None:  # every choice is made: now the test split, each configuration fitted once
         tested = score_on_test([row.spec for row in rows.values()], scans, train, test, settings.probe)
@@ -221,7 +221,7 @@ def run_task(
         if settings.seeds > 1
     }
 
-    chosen = _joined(chosen_specs, chosen_models)
+    chosen = joined_spec(chosen_specs, chosen_models)
     model_path = output_dir / "model"
     embedder = chosen.build()
     _check_embedder_matches_scan(
@@ -381,8 +381,9 @@ def score_on_test(
     return dict(zip(unique, progress, strict=True))
 
 
-def _joined(specs: dict[str, EmbedderSpec], models: list[str]) -> EmbedderSpec:
-    """One spec fusing the single-model specs of ``models`` (their layers and poolings), in that order."""
+def joined_spec(specs: dict[str, EmbedderSpec], models: list[str]) -> EmbedderSpec:
+    """One spec fusing the single-model specs of ``models`` (their layers and poolings), in that order: the
+    multi-model rows and the chosen embedder of :func:`run_task`, and whatever is rebuilt from its report."""
     first = specs[models[0]]
     return EmbedderSpec(
         tuple(models),
