@@ -189,14 +189,13 @@ def comparison_rows(task: str, rows: dict[tuple[str, str], Row], models: list[st
             )
         )
     llms = [model for model in LLMS if model in models]
-    by_cv = lambda model: rows[(model, FUSED_LAYERS)].cv.accuracy_mean  # noqa: E731 (chosen on train)
-    if pair is not None:
-        better = max(llms, key=by_cv)
-        named.append((f"two LLMs vs the better ({better})", pair, rows[(better, FUSED_LAYERS)].test))
-    if llms and BASELINE in models:
-        best_llm = max(llms, key=by_cv)
-        choices = rows[(best_llm, FUSED_LAYERS)].test, rows[(BASELINE, FUSED_LAYERS)].test
-        named.append((f"{best_llm} choice vs MiniLM choice", *choices))
+    if llms:  # the better LLM by its CV score: chosen on training data
+        best_llm = max(llms, key=lambda model: rows[(model, FUSED_LAYERS)].cv.accuracy_mean)
+        if pair is not None:
+            named.append((f"two LLMs vs the better ({best_llm})", pair, rows[(best_llm, FUSED_LAYERS)].test))
+        if BASELINE in models:
+            choices = rows[(best_llm, FUSED_LAYERS)].test, rows[(BASELINE, FUSED_LAYERS)].test
+            named.append((f"{best_llm} choice vs MiniLM choice", *choices))
     tests = [mcnemar(a.correct, b.correct) for _, a, b in named]
     adjusted = holm([test.p_value for test in tests])
     return [
