@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from mteb.abstasks.task_metadata import TaskMetadata
 from mteb.results import TaskResult
-from sklearn.base import clone
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from lafusion_st import build_fused_model
@@ -35,6 +34,7 @@ from lafusion_st.mteb_tasks import (
     get_tasks,
     task_variant,
 )
+from lafusion_st.probe import ProbeConfig, fit_and_test, tuned_probe
 from lafusion_st.spec import EmbedderSpec
 
 EXPECTED_SIZES = {"sst2": (67349, 872, 2), "mr": (7108, 3554, 2), "r8": (5485, 2189, 8), "r52": (6532, 2568, 52)}
@@ -177,14 +177,22 @@ def test_fused_model_writes_mteb_results_with_its_model_meta(tiny_models: dict[s
         assert len(experiments) == task.n_experiments
         assert written.get_score() == pytest.approx(np.mean([experiment["accuracy"] for experiment in experiments]))
     assert sorted(r.task_name for r in result.task_results) == sorted(t.metadata.name for t in tasks)
-    # the paper protocol's score is the tuned probe's accuracy, fit on every training row in MTEB's order
+    # the paper protocol's score is lafusion's own test fit (the selection's): the tuned probe on every training
+    # row in the split's order, so the same inner folds and C
     paper = tasks[1]
     paper.load_data()
     train, test = paper.dataset["train"], paper.dataset["test"]
     _, _, order = paper._undersample_data(train, 0)
-    assert sorted(order) == list(range(len(train)))
-    probe = clone(PAPER_PROBE).fit(model.encode([train["text"][i] for i in order]), np.take(train["label"], order))
-    expected = probe.score(model.encode(list(test["text"])), list(test["label"]))
+    assert order == list(range(len(train)))
+    names = train.features["label"].names
+    tested = fit_and_test(
+        model.encode(list(train["text"])),
+        [names[label] for label in train["label"]],
+        model.encode(list(test["text"])),
+        [names[label] for label in test["label"]],
+        ProbeConfig(),
+    )
+    expected = tested.accuracy
     assert TaskResult.from_disk(next(tmp_path.rglob(f"{paper.metadata.name}.json"))).get_score() == expected
     # the per-text predictions MTEB wrote give the same accuracy, hence the interval of the reported score
     correct = per_text_correctness(paper, tmp_path / "p")
@@ -272,8 +280,6 @@ def test_paper_task_names_change_with_the_classifier() -> None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-
-    from lafusion_st.probe import ProbeConfig, tuned_probe
 
     former = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     prints = {
