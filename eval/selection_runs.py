@@ -94,9 +94,8 @@ def reusable_report(path: Path, task: str, train, models: list[str], settings: R
     if not path.is_file():
         return None
     report = json.loads(path.read_text(encoding="utf-8"))
-    recorded, probe = report.get("settings") or {}, dict(report.get("probe") or {})
-    wanted_probe = json.loads(json.dumps(vars(settings.probe)))
-    probe.pop("n_jobs", None), wanted_probe.pop("n_jobs")
+    recorded = report.get("settings") or {}
+    probe, wanted_probe = _fit_settings(report.get("probe") or {}), _fit_settings(vars(settings.probe))
     wanted = {
         "train_sha256": train.fingerprint(),
         "models": models,
@@ -114,6 +113,11 @@ def reusable_report(path: Path, task: str, train, models: list[str], settings: R
         and probe == wanted_probe
     )
     return report if same else None
+
+
+def _fit_settings(probe: dict) -> dict:
+    """A probe's settings that change its fits, as JSON has them: all but the worker count (speed only)."""
+    return {key: value for key, value in json.loads(json.dumps(probe)).items() if key != "n_jobs"}
 
 
 def chosen_rows(report: dict, models: list[str], settings: RunSettings) -> dict[tuple[str, str], Row]:
