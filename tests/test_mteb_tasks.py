@@ -136,6 +136,25 @@ def test_subsample_is_stratified_and_keeps_every_label() -> None:
         assert len(set(task.dataset[split]["label"])) == 52
 
 
+def test_remembered_rows_come_back_as_remembered_even_for_repeated_texts() -> None:
+    """A split's rows as a scan gave them (a repeated text's rows may differ in the last digits, which moved the
+    tuned probe's C on full R52) come back unchanged when exactly that split is asked for, even after another
+    split that shares a text; any other request gets one vector per text."""
+    encoder = HashingEncoder()
+    cached = CachedEncoder(encoder)
+    train_texts, test_texts = ["a b", "c d", "a b"], ["c d", "e f"]
+    train = np.array([[1, 0], [0, 1], [1, 1e-6]], dtype=np.float32)  # "a b" twice, 1e-6 apart
+    test = np.array([[0, 1 + 1e-6], [2, 2]], dtype=np.float32)  # "c d" again, 1e-6 from its training row
+    cached.remember(train_texts, train)
+    cached.remember(test_texts, test)
+    np.testing.assert_array_equal(cached.encode(train_texts), train)
+    np.testing.assert_array_equal(cached.encode(test_texts), test)
+    np.testing.assert_array_equal(cached.encode(["c d", "a b"]), np.stack([test[0], train[2]]))  # last remembered
+    cached.encode(train_texts)[0, 0] = 7.0  # a caller's change to what it got back stays its own
+    np.testing.assert_array_equal(cached.encode(train_texts), train)
+    assert encoder.seen == [] and len(cached) == 3
+
+
 def test_protocols_train_on_the_expected_rows_and_each_text_is_encoded_once(tmp_path: Path) -> None:
     encoder = HashingEncoder()
     standard = get_tasks(["mr"], max_train=200, max_test=40)
