@@ -60,7 +60,7 @@ PAPER_PROBE: BaseEstimator = tuned_probe()
 """The paper protocol's classifier (cloned by MTEB for each experiment)."""
 
 PAPER_ROWS = "every training row, in the split's order"
-"""What the paper protocol's probe is trained on; part of the paper tasks' fingerprint (:func:`paper_fingerprint`)."""
+"""What the paper protocol's probe is trained on; part of its task names' :func:`classifier_fingerprint`."""
 
 
 def classifier_fingerprint(estimator: BaseEstimator, rows: str = PAPER_ROWS) -> str:
@@ -79,7 +79,8 @@ def train_on_every_row(
     all, and the tuned probe's inner CV splits rows in the order it gets them, so the same configuration on
     the same texts got another ``C`` and another test accuracy here than in ``lafusion run`` and
     ``eval/selection_runs.py`` (on full R52, 94.0 against 94.3 for Gemma3's chosen layers; ``eval/probe_order.py``
-    measures the spread). In the split's order the paper protocol's fit is exactly the selection's test fit.
+    measures the spread). In the split's order, given the scan's own vectors (``CachedEncoder.remember``), the
+    paper protocol's fit is exactly the selection's test fit.
     """
     rows = list(range(len(dataset)))
     return dataset, rows, rows
