@@ -155,7 +155,8 @@ class CachedEncoder:
     so a split's repeated texts (82 on R52's training split, and texts shared with its test split) have
     vectors that differ by ~1e-6, and one vector per text moved the tuned probe's choice of ``C`` across a
     near-tie (SmolLM2's last layer on full R52: C 1.0 and 92.3% instead of the selection's C 0.1 and 92.2%).
-    Returned as remembered, MTEB's paper-protocol fit is the selection's own test fit.
+    Returned as remembered, MTEB's paper-protocol fit is the selection's own test fit (and the standard
+    protocol's test rows are the scan's too).
 
     Args:
         encoder: Anything with SentenceTransformer's ``encode``.
@@ -203,7 +204,7 @@ class CachedEncoder:
             ValueError: As :meth:`encode`, for a wrong shape or a non-finite value.
         """
         texts = list(texts)
-        vectors = self._checked(vectors, texts)
+        vectors = self._checked(np.array(vectors, dtype=np.float32), texts)  # a copy: the caller's array stays theirs
         self._blocks[tuple(texts)] = vectors
         self._vectors.update(zip(texts, vectors, strict=True))  # row views of the block: no second copy
 

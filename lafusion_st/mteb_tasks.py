@@ -34,6 +34,7 @@ from typing import ClassVar
 import mteb
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from mteb.abstasks.classification import AbsTaskClassification
+from mteb.abstasks.multilabel_classification import AbsTaskMultilabelClassification
 from mteb.abstasks.task_metadata import TaskMetadata
 from sklearn.base import BaseEstimator
 
@@ -57,7 +58,7 @@ __all__ = [
 
 
 PAPER_PROBE: BaseEstimator = tuned_probe()
-"""The paper protocol's classifier (cloned by MTEB for each experiment)."""
+"""The paper protocol's classifier (fitted by MTEB's evaluator for the protocol's one experiment)."""
 
 PAPER_ROWS = "every training row, in the split's order"
 """What the paper protocol's probe is trained on; part of its task names' :func:`classifier_fingerprint`."""
@@ -80,7 +81,8 @@ def train_on_every_row(
     the same texts got another ``C`` and another test accuracy here than in ``lafusion run`` and
     ``eval/selection_runs.py`` (on full R52, 94.0 against 94.3 for Gemma3's chosen layers; ``eval/probe_order.py``
     measures the spread). In the split's order, given the scan's own vectors (``CachedEncoder.remember``), the
-    paper protocol's fit is exactly the selection's test fit.
+    paper protocol's fit is exactly the selection's test fit. ``experiment_num`` and ``idxs`` (MTEB's previous
+    shuffle) are ignored: there is one experiment, and no shuffle to continue.
     """
     rows = list(range(len(dataset)))
     return dataset, rows, rows
@@ -360,6 +362,14 @@ def task_variant(
         raise ValueError(
             f"max_train/max_test subsample the bundled tasks {list(TASKS)} only, not {task_class.metadata.name}."
         )
+    if protocol == "paper" and (
+        issubclass(task_class, AbsTaskMultilabelClassification)
+        or task_class._undersample_data is not AbsTaskClassification._undersample_data
+    ):  # their rows are drawn by other methods, which train_on_every_row would not replace
+        raise ValueError(
+            f"The paper protocol trains on every row of single-label classification tasks; {task_class.metadata.name} "
+            "draws its training rows its own way."
+        )
     if protocol == "standard" and not subsampled:
         return task_class
 
@@ -368,7 +378,7 @@ def task_variant(
         suffixes.append(f"paper-{classifier_fingerprint(PAPER_PROBE)}")
         attributes.update(
             n_experiments=1,
-            samples_per_label=sys.maxsize,  # what MTEB reads as "no bound"; the rows come from train_on_every_row
+            samples_per_label=sys.maxsize,  # not read (train_on_every_row replaces the sampling); says "every row"
             evaluator_model=PAPER_PROBE,
             _undersample_data=train_on_every_row,
         )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mteb.abstasks.multilabel_classification import AbsTaskMultilabelClassification
 from mteb.abstasks.task_metadata import TaskMetadata
 from mteb.results import TaskResult
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -136,6 +137,17 @@ def test_subsample_is_stratified_and_keeps_every_label() -> None:
         assert len(set(task.dataset[split]["label"])) == 52
 
 
+def test_paper_protocol_refuses_tasks_that_draw_rows_their_own_way() -> None:
+    """train_on_every_row replaces single-label classification's row sampling only: a multilabel task or one with
+    its own sampling would silently keep its own draw under a name that says every row."""
+    multilabel = type("ToyMultilabel", (AbsTaskMultilabelClassification,), {"metadata": SST2Classification.metadata})
+    own_draw = type("ToyOwnDraw", (SST2Classification,), {"_undersample_data": lambda self, data, n, idxs=None: None})
+    for task_class in (multilabel, own_draw):
+        with pytest.raises(ValueError, match="draws its training rows its own way"):
+            task_variant(task_class, "paper")
+    assert task_variant(multilabel, "standard") is multilabel
+
+
 def test_remembered_rows_come_back_as_remembered_even_for_repeated_texts() -> None:
     """A split's rows as a scan gave them (a repeated text's rows may differ in the last digits, which moved the
     tuned probe's C on full R52) come back unchanged when exactly that split is asked for, even after another
@@ -151,7 +163,9 @@ def test_remembered_rows_come_back_as_remembered_even_for_repeated_texts() -> No
     np.testing.assert_array_equal(cached.encode(test_texts), test)
     np.testing.assert_array_equal(cached.encode(["c d", "a b"]), np.stack([test[0], train[2]]))  # last remembered
     cached.encode(train_texts)[0, 0] = 7.0  # a caller's change to what it got back stays its own
-    np.testing.assert_array_equal(cached.encode(train_texts), train)
+    kept = train.copy()
+    train[0, 0] = 8.0  # as does a change to the array it gave
+    np.testing.assert_array_equal(cached.encode(train_texts), kept)
     assert encoder.seen == [] and len(cached) == 3
 
 
