@@ -196,7 +196,8 @@ def run_task(
         model_selection = greedy_models(
             features, labels, standard_errors=settings.standard_errors, config=settings.probe
         )
-        # the searches' own CV predictions of each choice, on the same folds: no further fit
+        # the searches' own CV predictions of each choice: no further fit. Every search drew the same folds
+        # (usable_folds of these labels, the probe's seed), so any one search's fold count is theirs.
         model_complementarity = complementarity_of(
             {model: searches[model].predictions for model in models}, labels, searches[models[0]].score.folds
         )

@@ -461,7 +461,7 @@ class LayerSearch:
     selection: Selection
     decisions: list[Decision]
     incumbent: int
-    predictions: np.ndarray
+    predictions: np.ndarray = field(compare=False, repr=False)  # one label per training text: no ==, no dump
 
     @property
     def kept_simpler(self) -> list[Decision]:

@@ -311,6 +311,7 @@ def test_search_keeps_its_choices_cv_predictions_which_complementarity_reuses() 
         for name, vectors in (("weak", weak), ("strong", strong))
     }
     assert searches["strong"].layers == [2, 3] and searches["weak"].layers == [5]
+    assert searches["weak"] == searches["weak"] and "predictions" not in repr(searches["weak"])
     for name, search in searches.items():
         cv = cross_validate(features[name], labels, FAST)
         np.testing.assert_array_equal(search.predictions, cv.predictions)
