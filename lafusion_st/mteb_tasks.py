@@ -9,13 +9,14 @@ Two protocols, both run by MTEB's own evaluator (``AbsTaskClassification``):
   on 8 training examples per label, 10 experiments with different draws, scores averaged), so numbers
   are comparable with the MTEB leaderboard's classification tasks.
 - ``paper``: the protocol of the layer-fusion literature: one experiment whose probe is trained on the
-  whole training split. MTEB's undersampling keeps ``samples_per_label`` rows of every label, so a
-  bound no split reaches keeps every row (in a shuffled order). The probe is lafusion's tuned probe
+  whole training split, every row in the split's own order (MTEB's undersampling, which shuffles the rows
+  even when it keeps them all, is replaced: see :func:`train_on_every_row`). The probe is lafusion's tuned probe
   (:func:`lafusion_st.probe.tuned_probe`: standardised features, logistic regression whose C an inner CV
   on the training rows chooses): LLM hidden states have a few very large coordinates, an unscaled
   ``lbfgs`` fit on thousands of rows stops long before it converges, and a fixed C over-fits them.
-  The task name carries a fingerprint of that classifier (``SST2Classification.paper-1a2b3c4d``), so
-  results of another classifier are never taken from MTEB's cache.
+  The task name carries a fingerprint of that classifier and of the row rule
+  (``SST2Classification.paper-1a2b3c4d``), so results of another classifier, or of the former shuffled
+  rows, are never taken from MTEB's cache.
 
 Variants (the ``paper`` protocol, stratified subsamples for quick runs) are subclasses with their own
 task name, so that MTEB's result cache keeps the result of each variant in its own file: MTEB reuses a
@@ -33,6 +34,7 @@ from typing import ClassVar
 import mteb
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from mteb.abstasks.classification import AbsTaskClassification
+from mteb.abstasks.multilabel_classification import AbsTaskMultilabelClassification
 from mteb.abstasks.task_metadata import TaskMetadata
 from sklearn.base import BaseEstimator
 
@@ -56,13 +58,34 @@ __all__ = [
 
 
 PAPER_PROBE: BaseEstimator = tuned_probe()
-"""The paper protocol's classifier (cloned by MTEB for each experiment)."""
+"""The paper protocol's classifier (fitted by MTEB's evaluator for the protocol's one experiment)."""
+
+PAPER_ROWS = "every training row, in the split's order"
+"""What the paper protocol's probe is trained on; part of its task names' :func:`classifier_fingerprint`."""
 
 
-def classifier_fingerprint(estimator: BaseEstimator) -> str:
-    """Eight hex digits that change whenever the classifier or any of its settings changes (a hash of its
-    scikit-learn ``repr``, which lists every non-default parameter, nested ones included)."""
-    return hashlib.sha256(repr(estimator).encode("utf-8")).hexdigest()[:8]
+def classifier_fingerprint(estimator: BaseEstimator, rows: str = PAPER_ROWS) -> str:
+    """Eight hex digits that change whenever the classifier, any of its settings (a hash of its scikit-learn
+    ``repr``, which lists every non-default parameter, nested ones included) or the rows it is trained on
+    change (``rows``: the paper protocol's rule; before it, the rows came in MTEB's shuffled order)."""
+    return hashlib.sha256(f"{estimator!r} on {rows}".encode()).hexdigest()[:8]
+
+
+def train_on_every_row(
+    self: AbsTaskClassification, dataset: Dataset, experiment_num: int, idxs: list[int] | None = None
+) -> tuple[Dataset, list[int], list[int]]:
+    """The paper protocol's replacement of MTEB's ``_undersample_data``: every training row, in the split's order.
+
+    Why: MTEB's undersampling shuffles the rows (``RandomState(task seed)``) even when its bound keeps them
+    all, and the tuned probe's inner CV splits rows in the order it gets them, so the same configuration on
+    the same texts got another ``C`` and another test accuracy here than in ``lafusion run`` and
+    ``eval/selection_runs.py`` (on full R52, 94.0 against 94.3 for Gemma3's chosen layers; ``eval/probe_order.py``
+    measures the spread). In the split's order, given the scan's own vectors (``CachedEncoder.remember``), the
+    paper protocol's fit is exactly the selection's test fit. ``experiment_num`` and ``idxs`` (MTEB's previous
+    shuffle) are ignored: there is one experiment, and no shuffle to continue.
+    """
+    rows = list(range(len(dataset)))
+    return dataset, rows, rows
 
 
 _REUTERS_CITATION = r"""
@@ -339,17 +362,30 @@ def task_variant(
         raise ValueError(
             f"max_train/max_test subsample the bundled tasks {list(TASKS)} only, not {task_class.metadata.name}."
         )
+    if protocol == "paper" and (
+        issubclass(task_class, AbsTaskMultilabelClassification)
+        or task_class._undersample_data is not AbsTaskClassification._undersample_data
+    ):  # their rows are drawn by other methods, which train_on_every_row would not replace
+        raise ValueError(
+            f"The paper protocol trains on every row of single-label classification tasks; {task_class.metadata.name} "
+            "draws its training rows its own way."
+        )
     if protocol == "standard" and not subsampled:
         return task_class
 
     suffixes, attributes, notes = [], {}, []
     if protocol == "paper":
         suffixes.append(f"paper-{classifier_fingerprint(PAPER_PROBE)}")
-        attributes.update(n_experiments=1, samples_per_label=sys.maxsize, evaluator_model=PAPER_PROBE)
+        attributes.update(
+            n_experiments=1,
+            samples_per_label=sys.maxsize,  # not read (train_on_every_row replaces the sampling); says "every row"
+            evaluator_model=PAPER_PROBE,
+            _undersample_data=train_on_every_row,
+        )
         notes.append(
             "Paper protocol: one experiment, the probe (standardised features + logistic regression with C "
             f"chosen by an inner CV on the training rows: {' '.join(repr(PAPER_PROBE).split())}) trained on "
-            "the whole training split."
+            f"{PAPER_ROWS}."
         )
     dataset = dict(
         task_class.metadata.dataset

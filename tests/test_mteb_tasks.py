@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mteb.abstasks.multilabel_classification import AbsTaskMultilabelClassification
 from mteb.abstasks.task_metadata import TaskMetadata
 from mteb.results import TaskResult
-from sklearn.base import clone
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from lafusion_st import build_fused_model
@@ -35,6 +35,7 @@ from lafusion_st.mteb_tasks import (
     get_tasks,
     task_variant,
 )
+from lafusion_st.probe import ProbeConfig, fit_and_test, tuned_probe
 from lafusion_st.spec import EmbedderSpec
 
 EXPECTED_SIZES = {"sst2": (67349, 872, 2), "mr": (7108, 3554, 2), "r8": (5485, 2189, 8), "r52": (6532, 2568, 52)}
@@ -136,6 +137,38 @@ def test_subsample_is_stratified_and_keeps_every_label() -> None:
         assert len(set(task.dataset[split]["label"])) == 52
 
 
+def test_paper_protocol_refuses_tasks_that_draw_rows_their_own_way() -> None:
+    """train_on_every_row replaces single-label classification's row sampling only: a multilabel task or one with
+    its own sampling would silently keep its own draw under a name that says every row."""
+    multilabel = type("ToyMultilabel", (AbsTaskMultilabelClassification,), {"metadata": SST2Classification.metadata})
+    own_draw = type("ToyOwnDraw", (SST2Classification,), {"_undersample_data": lambda self, data, n, idxs=None: None})
+    for task_class in (multilabel, own_draw):
+        with pytest.raises(ValueError, match="draws its training rows its own way"):
+            task_variant(task_class, "paper")
+    assert task_variant(multilabel, "standard") is multilabel
+
+
+def test_remembered_rows_come_back_as_remembered_even_for_repeated_texts() -> None:
+    """A split's rows as a scan gave them (a repeated text's rows may differ in the last digits, which moved the
+    tuned probe's C on full R52) come back unchanged when exactly that split is asked for, even after another
+    split that shares a text; any other request gets one vector per text."""
+    encoder = HashingEncoder()
+    cached = CachedEncoder(encoder)
+    train_texts, test_texts = ["a b", "c d", "a b"], ["c d", "e f"]
+    train = np.array([[1, 0], [0, 1], [1, 1e-6]], dtype=np.float32)  # "a b" twice, 1e-6 apart
+    test = np.array([[0, 1 + 1e-6], [2, 2]], dtype=np.float32)  # "c d" again, 1e-6 from its training row
+    cached.remember(train_texts, train)
+    cached.remember(test_texts, test)
+    np.testing.assert_array_equal(cached.encode(train_texts), train)
+    np.testing.assert_array_equal(cached.encode(test_texts), test)
+    np.testing.assert_array_equal(cached.encode(["c d", "a b"]), np.stack([test[0], train[2]]))  # last remembered
+    cached.encode(train_texts)[0, 0] = 7.0  # a caller's change to what it got back stays its own
+    kept = train.copy()
+    train[0, 0] = 8.0  # as does a change to the array it gave
+    np.testing.assert_array_equal(cached.encode(train_texts), kept)
+    assert encoder.seen == [] and len(cached) == 3
+
+
 def test_protocols_train_on_the_expected_rows_and_each_text_is_encoded_once(tmp_path: Path) -> None:
     encoder = HashingEncoder()
     standard = get_tasks(["mr"], max_train=200, max_test=40)
@@ -177,14 +210,22 @@ def test_fused_model_writes_mteb_results_with_its_model_meta(tiny_models: dict[s
         assert len(experiments) == task.n_experiments
         assert written.get_score() == pytest.approx(np.mean([experiment["accuracy"] for experiment in experiments]))
     assert sorted(r.task_name for r in result.task_results) == sorted(t.metadata.name for t in tasks)
-    # the paper protocol's score is the tuned probe's accuracy, fit on every training row in MTEB's order
+    # the paper protocol's score is lafusion's own test fit (the selection's): the tuned probe on every training
+    # row in the split's order, so the same inner folds and C
     paper = tasks[1]
     paper.load_data()
     train, test = paper.dataset["train"], paper.dataset["test"]
     _, _, order = paper._undersample_data(train, 0)
-    assert sorted(order) == list(range(len(train)))
-    probe = clone(PAPER_PROBE).fit(model.encode([train["text"][i] for i in order]), np.take(train["label"], order))
-    expected = probe.score(model.encode(list(test["text"])), list(test["label"]))
+    assert order == list(range(len(train)))
+    names = train.features["label"].names
+    tested = fit_and_test(
+        model.encode(list(train["text"])),
+        [names[label] for label in train["label"]],
+        model.encode(list(test["text"])),
+        [names[label] for label in test["label"]],
+        ProbeConfig(),
+    )
+    expected = tested.accuracy
     assert TaskResult.from_disk(next(tmp_path.rglob(f"{paper.metadata.name}.json"))).get_score() == expected
     # the per-text predictions MTEB wrote give the same accuracy, hence the interval of the reported score
     correct = per_text_correctness(paper, tmp_path / "p")
@@ -272,8 +313,6 @@ def test_paper_task_names_change_with_the_classifier() -> None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-
-    from lafusion_st.probe import ProbeConfig, tuned_probe
 
     former = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     prints = {
