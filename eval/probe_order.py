@@ -3,11 +3,12 @@
 Run:  python eval/probe_order.py --dataset sst2 --model smollm2-135m --layer 10 --pooling mean
 
 Why: the tuned probe chooses ``C`` by a shuffled stratified inner CV, and a shuffled split depends on the row
-order. MTEB shuffles the training rows before its evaluator sees them (``RandomState(task seed)``, even when it
-keeps them all), so the paper protocol and ``lafusion run`` fit the same probe on the same texts in different
-orders. This script fits the probe on one layer's scanned vectors in the plan's order, in MTEB's order and in
-``--permutations`` random orders, and prints each order's chosen ``C`` and test accuracy: the spread is the part
-of any single test figure that comes from the inner folds, not from the features.
+order. MTEB's undersampling shuffles the training rows (``RandomState(task seed)``, even when it keeps them all);
+the paper protocol used to fit on that order, and so disagreed with ``lafusion run`` on the same texts, until it
+kept the split's order (``lafusion_st.mteb_tasks.train_on_every_row``). The order stays arbitrary: this script
+fits the probe on one layer's scanned vectors in the plan's order (the one both use now), in MTEB's shuffled
+order and in ``--permutations`` random orders, and prints each order's chosen ``C`` and test accuracy: the spread
+is the part of any single test figure that comes from the inner folds, not from the features.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from lafusion_st.probe import fit_and_test
 from lafusion_st.scan import scan_task
 
 MTEB_SEED = 42
-"""MTEB's default task seed, the seed of its training-row shuffle."""
+"""MTEB's default task seed, the seed of its undersampling's training-row shuffle."""
 
 
 def main() -> None:
@@ -41,7 +42,7 @@ def main() -> None:
     mteb_order = np.arange(len(labels))
     np.random.RandomState(MTEB_SEED).shuffle(mteb_order)
     rng = np.random.default_rng(0)
-    orders = {"plan order": np.arange(len(labels)), "MTEB order": mteb_order}
+    orders = {"plan order (selection, paper protocol)": np.arange(len(labels)), "MTEB's shuffle": mteb_order}
     orders.update({f"random order {index}": rng.permutation(len(labels)) for index in range(args.permutations)})
     print(f"{args.dataset} {len(train)}/{len(test)}, {args.model} L{args.layer} {args.pooling}, tuned probe")
     print("| training-row order | C | test acc. % [95% interval] |\n|---|---|---|")

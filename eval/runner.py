@@ -345,18 +345,19 @@ def run_evaluations(plan: Plan, overwrite: bool = False, log=print) -> None:
 
 def _encoder(plan: Plan, configuration: Configuration, embedder: SentenceTransformer, scans: dict) -> CachedEncoder:
     """The configuration's encoder: the embedder, its vectors of the dataset's texts read from the scans
-    (``scans``: ``(model, pooling, max_seq_length) -> TaskScan`` of this dataset, filled on first use)."""
+    (``scans``: ``(model, max_seq_length) -> TaskScan`` of this dataset, filled on first use)."""
     encoder = CachedEncoder(embedder)
     spec = configuration.spec
     if spec is None:
         return encoder
     train, test = plan.splits(configuration.dataset)
     train_view, test_view = {}, {}
-    for model, pooling in zip(spec.models, spec.pooling, strict=True):
-        key = (model, pooling, spec.max_seq_length)
-        if key not in scans:
+    for model in spec.models:
+        key = (model, spec.max_seq_length)
+        if key not in scans:  # one forward pass for every pooling the dataset's rows take from this model
+            poolings = _poolings(plan, configuration.dataset, model, spec.max_seq_length)
             scans[key] = scan_task(
-                model, train.texts, test.texts, poolings=[pooling], max_seq_length=spec.max_seq_length
+                model, train.texts, test.texts, poolings=poolings, max_seq_length=spec.max_seq_length
             )
         train_view[model], test_view[model] = scans[key].train[model], scans[key].test[model]
     expected = fused_from_scan(test_view, spec)
@@ -364,6 +365,22 @@ def _encoder(plan: Plan, configuration: Configuration, embedder: SentenceTransfo
     encoder.remember(train.texts, fused_from_scan(train_view, spec))
     encoder.remember(test.texts, expected)
     return encoder
+
+
+def _poolings(plan: Plan, dataset: str, model: str, max_seq_length: int) -> list[str]:
+    """The poolings of ``model`` that the plan's configurations on ``dataset`` use (a scan cached for some of
+    them only is completed, all of them from one forward pass: before, each pooling cost a pass of its own)."""
+    return sorted(
+        {
+            pooling
+            for configuration in plan.configurations
+            if configuration.dataset == dataset
+            and configuration.spec is not None
+            and configuration.spec.max_seq_length == max_seq_length
+            for name, pooling in zip(configuration.spec.models, configuration.spec.pooling, strict=True)
+            if name == model
+        }
+    )
 
 
 def _check_parity(

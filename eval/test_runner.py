@@ -1,11 +1,11 @@
-"""eval/runner.py: a cached result counts only under the configuration's own weights revision."""
+"""eval/runner.py: a cached result counts only under the configuration's own weights revision; one scan per model."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from runner import Configuration, Plan
+from runner import REPOSITORY, Configuration, Plan, _poolings, load_plan
 
 from lafusion_st.spec import EmbedderSpec
 
@@ -56,3 +56,12 @@ def test_comparison_table_pairs_the_stated_comparisons_with_holm() -> None:
     assert last[1:5] == ["+50.0", "30/0", f"{2 * 0.5**30:.3g}", f"{3 * 2 * 0.5**30:.3g}"]
     assert last[5].startswith("a better")
     assert body[1].split(" | ")[1:3] == ["+0.0", "0/0"] and "no significant" in body[1]
+
+
+def test_each_model_is_scanned_once_for_every_pooling_its_rows_use() -> None:
+    """On MR the last-layer rows are mean-pooled and the chosen layers last-token: one scan serves both (before,
+    a forward pass per pooling: SmolLM2's mean pass over full MR was most of its first row's 520 s)."""
+    plan = load_plan(REPOSITORY / "eval" / "configs_full.json")
+    assert _poolings(plan, "mr", "smollm2-135m", 256) == ["last", "mean"]
+    assert _poolings(plan, "r8", "gemma3-270m", 256) == ["mean"]
+    assert _poolings(plan, "mr", "gemma3-270m", 128) == []  # no row at another token limit

@@ -27,7 +27,7 @@ from lafusion_st.scan import TaskScan, check_reproduces_scan, fused_from_scan, s
 from lafusion_st.selection import (
     LayerSearch,
     Stability,
-    complementarity,
+    complementarity_of,
     greedy_models,
     search_layers,
     stability,
@@ -196,7 +196,11 @@ def run_task(
         model_selection = greedy_models(
             features, labels, standard_errors=settings.standard_errors, config=settings.probe
         )
-        model_complementarity = complementarity(features, labels, settings.probe)
+        # the searches' own CV predictions of each choice: no further fit. Every search drew the same folds
+        # (usable_folds of these labels, the probe's seed), so any one search's fold count is theirs.
+        model_complementarity = complementarity_of(
+            {model: searches[model].predictions for model in models}, labels, searches[models[0]].score.folds
+        )
         chosen_models = list(model_selection.chosen)
         add_row(ALL_MODELS, joined_spec(chosen_specs, models))
         if len(chosen_models) < len(models):

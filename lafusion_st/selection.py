@@ -36,6 +36,7 @@ import numpy as np
 
 from lafusion_st.modes import STANDARD_ERRORS
 from lafusion_st.probe import (
+    CrossValidation,
     Metric,
     ProbeConfig,
     ProbeScore,
@@ -447,6 +448,8 @@ class LayerSearch:
             choice against the incumbent.
         incumbent: The layer every choice had to beat: the last layer of the vectors searched, or the layer
             the caller named (:func:`search_layers`' ``incumbent``).
+        predictions: The choice's out-of-fold predictions by the tuned probe (the CV behind ``score``), kept
+            for :func:`complementarity_of`: comparing models' errors then costs no further fit.
     """
 
     pooling: str
@@ -458,6 +461,7 @@ class LayerSearch:
     selection: Selection
     decisions: list[Decision]
     incumbent: int
+    predictions: np.ndarray = field(compare=False, repr=False)  # one label per training text: no ==, no dump
 
     @property
     def kept_simpler(self) -> list[Decision]:
@@ -536,14 +540,14 @@ def search_layers(
     _check_count("candidates", candidates, 10**9)  # more than the model has layers: all of them
     labels = np.asarray(labels)
     folds = usable_folds(labels, config.folds)
-    tuned: dict[tuple[str, tuple[int, ...]], ProbeScore] = {}
+    tuned: dict[tuple[str, tuple[int, ...]], CrossValidation] = {}
 
     def tuned_cv(pooling: str, layers: list[int]) -> ProbeScore:
         key = (pooling, tuple(layers))
         if key not in tuned:
             features = _concat_layers(vectors[pooling], layers)
-            tuned[key] = cross_validate(features, labels, config, folds=folds).score
-        return tuned[key]
+            tuned[key] = cross_validate(features, labels, config, folds=folds)
+        return tuned[key].score
 
     def rule(challenger: ProbeScore, incumbent: ProbeScore, kind: str, names: tuple[str, str]) -> Decision:
         return noise_rule(challenger, incumbent, kind=kind, names=names, metric=metric, standard_errors=standard_errors)
@@ -584,7 +588,10 @@ def search_layers(
         decisions.append(rule(score, last_score, "against last layer" if start == last else "against incumbent", names))
         if not decisions[-1].accepted:
             pooling, layers, score = poolings[0], [start], last_score
-    return LayerSearch(pooling, layers, score, last_score, curves, best_single, selection, decisions, start)
+    chosen = tuned[(pooling, tuple(layers))]
+    return LayerSearch(
+        pooling, layers, score, last_score, curves, best_single, selection, decisions, start, chosen.predictions
+    )
 
 
 @dataclass(frozen=True)
@@ -652,16 +659,28 @@ def complementarity(
         labels: Training labels.
         config: Probe settings; the same seed gives every model the same folds.
     """
-    if len(features) < 2:
-        raise ValueError(f"Complementarity compares models: give at least 2, got {list(features)}.")
+    _check_models(features)
     labels = np.asarray(labels)
     folds = usable_folds(labels, config.folds)
-    correct = {
-        name: cross_validate(block, labels, config, folds=folds).predictions == labels
-        for name, block in features.items()
+    predictions = {
+        name: cross_validate(block, labels, config, folds=folds).predictions for name, block in features.items()
     }
+    return complementarity_of(predictions, labels, folds)
+
+
+def complementarity_of(predictions: Mapping[str, np.ndarray], labels: Sequence, folds: int) -> Complementarity:
+    """Error overlap of the models' out-of-fold predictions, made by the tuned probe on the same ``folds``
+    folds (those of :func:`complementarity`, or each model's :attr:`LayerSearch.predictions`)."""
+    _check_models(predictions)
+    labels = np.asarray(labels)
+    correct = {name: np.asarray(predicted) == labels for name, predicted in predictions.items()}
     pairs = [_pair(a, b, correct[a], correct[b]) for a, b in combinations(correct, 2)]
     return Complementarity({name: float(right.mean()) for name, right in correct.items()}, pairs, folds)
+
+
+def _check_models(per_model: Mapping[str, Any]) -> None:
+    if len(per_model) < 2:
+        raise ValueError(f"Complementarity compares models: give at least 2, got {list(per_model)}.")
 
 
 def _pair(name_a: str, name_b: str, right_a: np.ndarray, right_b: np.ndarray) -> PairComplementarity:

@@ -14,6 +14,7 @@ from lafusion_st.report import plot_layer_curves, write_report
 from lafusion_st.selection import (
     best_window,
     complementarity,
+    complementarity_of,
     greedy_layers,
     greedy_models,
     noise_rule,
@@ -294,6 +295,33 @@ def test_search_layers_takes_the_pooling_that_earns_it_and_keeps_the_default_oth
     assert same.kept_simpler[-1].kind == "pooling" and same.score == same.last_layer
     with pytest.raises(ValueError, match="same layers"):
         search_layers({"mean": weak, "last": weak[:4]}, labels, config=FAST)
+
+
+def test_search_keeps_its_choices_cv_predictions_which_complementarity_reuses() -> None:
+    """run_task compares the models' errors from each search's own out-of-fold predictions (on full R52, three
+    tuned 5-fold CVs saved): they are the tuned CV of the chosen layers, and give complementarity's report."""
+    a, b, labels = _halves(6)
+    weak, strong = _layers({5: a}), _layers({2: a, 3: b}, seed=1)
+    searches = {
+        name: search_layers({"mean": vectors}, labels, candidates=3, config=FAST, show_progress_bar=False)
+        for name, vectors in (("weak", weak), ("strong", strong))
+    }
+    features = {
+        name: np.concatenate([vectors[layer] for layer in searches[name].layers], axis=1)
+        for name, vectors in (("weak", weak), ("strong", strong))
+    }
+    assert searches["strong"].layers == [2, 3] and searches["weak"].layers == [5]
+    assert searches["weak"] == searches["weak"] and "predictions" not in repr(searches["weak"])
+    for name, search in searches.items():
+        cv = cross_validate(features[name], labels, FAST)
+        np.testing.assert_array_equal(search.predictions, cv.predictions)
+        assert search.score == cv.score
+    folds = usable_folds(labels, FAST.folds)
+    reused = complementarity_of({name: search.predictions for name, search in searches.items()}, labels, folds)
+    assert reused.to_dict() == complementarity(features, labels, FAST).to_dict()
+    assert reused.accuracy["strong"] > reused.accuracy["weak"] + 0.1
+    with pytest.raises(ValueError, match="at least 2"):
+        complementarity_of({"weak": searches["weak"].predictions}, labels, folds)
 
 
 def test_stability_counts_the_choice_of_each_fold_seed(two_halves) -> None:
