@@ -14,6 +14,7 @@ import pytest
 from mteb.abstasks.multilabel_classification import AbsTaskMultilabelClassification
 from mteb.abstasks.task_metadata import TaskMetadata
 from mteb.results import TaskResult
+from sklearn.model_selection import KFold
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from lafusion_st import build_fused_model
@@ -146,6 +147,49 @@ def test_paper_protocol_refuses_tasks_that_draw_rows_their_own_way() -> None:
         with pytest.raises(ValueError, match="draws its training rows its own way"):
             task_variant(task_class, "paper")
     assert task_variant(multilabel, "standard") is multilabel
+
+
+class CrossValidatedToy(BundledClassificationTask):
+    """A task with one split, which MTEB scores by k-fold cross-validation (its other path to the row sampling)."""
+
+    metadata = SST2Classification.metadata.model_copy(
+        update={"name": "CrossValidatedToyClassification", "eval_splits": ["train"]}
+    )
+    is_cross_validation = True
+    n_splits = 3
+
+    def load_splits(self) -> tuple[LabeledTexts, LabeledTexts]:
+        """60 random four-word texts, labels a noisy function of two hashed dimensions: a small, noisy task
+        whose tuned-probe scores depend on the order of the training rows (checked in the test)."""
+        rng = np.random.default_rng(3)
+        texts = [" ".join(f"w{i}" for i in rng.integers(0, 30, size=4)) for _ in range(60)]
+        vectors = HashingEncoder().encode(texts)
+        labels = (vectors[:, 0] + vectors[:, 1] + rng.normal(0, 1, len(texts)) > 0.8).astype(int).tolist()
+        both = LabeledTexts(texts, labels)
+        return both, both  # the test split is not read: MTEB cross-validates the one evaluated split
+
+
+def test_paper_protocol_on_mteb_cross_validation_fits_every_row_of_each_fold_in_order(tmp_path: Path) -> None:
+    """MTEB's cross-validation path also draws each fold's training rows with ``_undersample_data``: under the
+    paper protocol every fold's score is the tuned probe's test fit on all of that fold's rows, in order."""
+    paper = task_variant(CrossValidatedToy, "paper")()
+    encoder = HashingEncoder()
+    evaluate_encoder(encoder, [paper], tmp_path, meta=hashing_meta(encoder))
+    paper.load_data()
+    rows = paper.dataset["train"]
+    vectors, labels = HashingEncoder().encode(list(rows["text"])), np.asarray(rows["label"])
+    splitter = KFold(n_splits=CrossValidatedToy.n_splits, shuffle=True, random_state=paper.seed)
+
+    def fold_scores(order: slice) -> list[float]:
+        return [
+            fit_and_test(vectors[fit[order]], labels[fit[order]], vectors[held_out], labels[held_out]).accuracy
+            for fit, held_out in splitter.split(vectors)
+        ]
+
+    expected = fold_scores(slice(None))
+    written = TaskResult.from_disk(next(tmp_path.rglob(f"{paper.metadata.name}.json")))
+    assert [e["accuracy"] for e in written.scores["train"][0]["scores_per_experiment"]] == expected
+    assert fold_scores(slice(None, None, -1)) != expected  # this task would show another row order
 
 
 def test_remembered_rows_come_back_as_remembered_even_for_repeated_texts() -> None:
