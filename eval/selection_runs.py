@@ -43,6 +43,7 @@ from pathlib import Path
 from runner import REPOSITORY, Plan, load_data_plan
 
 from lafusion_st.data import check_classification_data
+from lafusion_st.files import write_text_atomic
 from lafusion_st.pipeline import (
     ALL_MODELS,
     BEST_LAYER,
@@ -145,6 +146,17 @@ def chosen_rows(report: dict, models: list[str], settings: RunSettings) -> dict[
             raise ValueError(f"The report has no CV score for {label!r}: it was not written by this script's run_task.")
         rows[key] = Row(key[1], spec, ProbeScore.from_dict(cv[label]))
     return rows
+
+
+def record_test_scores(path: Path, report: dict, rows: dict[tuple[str, str], Row]) -> None:
+    """Put the rows' test fits into the report's ``test`` section, as ``lafusion run`` writes them when given the
+    test split (full precision: ``eval/test_tables_agree.py`` compares them with the MTEB paper protocol's).
+
+    The choices above them were made before any test text was read; only this section holds test results, and
+    :func:`reusable_report` does not read it.
+    """
+    report["test"] = {row.label: row.test.to_dict() for row in rows.values()}
+    write_text_atomic(path, json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def llm_pair(rows: dict[tuple[str, str], Row], models: list[str]) -> EmbedderSpec | None:
@@ -384,6 +396,7 @@ def main() -> None:
         specs += [spec for model in args.models for spec in single_layers(model, scans, settings)]  # the oracle's
         scores = score_on_test(specs, scans, train, test, settings.probe)
         rows = {key: replace(row, test=scores[row.spec]) for key, row in rows.items()}
+        record_test_scores(report_path, report, rows)
         summary = {
             "size": f"{len(train)}/{len(test)}",
             "models": args.models,

@@ -16,6 +16,7 @@ from selection_runs import (
     comparison_rows,
     llm_pair,
     oracle_rows,
+    record_test_scores,
     reusable_report,
     score_on_test,
     single_layers,
@@ -168,7 +169,7 @@ def test_a_kept_selection_is_reused_only_under_the_same_data_size_settings_and_p
     assert reusable_report(path, "r8", train, MODELS, SETTINGS) is None
 
 
-def test_the_test_scoring_fits_each_configuration_once_and_builds_the_tables_from_those_fits() -> None:
+def test_the_test_scoring_fits_each_configuration_once_and_builds_the_tables_from_those_fits(tmp_path: Path) -> None:
     scans, train, test = task_scan()
     rows = chosen_rows(kept_report(train), MODELS, SETTINGS)
     assert [row.label for row in rows.values()] == list(kept_report(train)["cv"])  # run_task's rows, in its order
@@ -191,6 +192,14 @@ def test_the_test_scoring_fits_each_configuration_once_and_builds_the_tables_fro
     )
     assert np.array_equal(scores[last].correct, direct.correct) and scores[last].C == direct.C
     rows = {key: replace(row, test=scores[row.spec]) for key, row in rows.items()}
+    # the report keeps its choices and gains each row's test fit at full precision (what test_tables_agree reads)
+    report_path, report = tmp_path / "report.json", kept_report(train)
+    record_test_scores(report_path, report, rows)
+    written = json.loads(report_path.read_text(encoding="utf-8"))
+    kept = json.loads(json.dumps(kept_report(train)))
+    assert {key: value for key, value in written.items() if key != "test"} == kept
+    assert written["test"] == {row.label: row.test.to_dict() for row in rows.values()}
+    assert written["test"]["smollm2-135m last layer [3]"]["accuracy"] == direct.accuracy
 
     oracle = oracle_rows("r8", rows, MODELS, scans, SETTINGS, scores)
     for model, line in zip(MODELS, oracle, strict=True):
