@@ -43,7 +43,6 @@ from pathlib import Path
 from runner import REPOSITORY, Plan, load_data_plan
 
 from lafusion_st.data import check_classification_data
-from lafusion_st.files import write_text_atomic
 from lafusion_st.pipeline import (
     ALL_MODELS,
     BEST_LAYER,
@@ -57,6 +56,7 @@ from lafusion_st.pipeline import (
     score_on_test,
 )
 from lafusion_st.probe import ProbeConfig, ProbeScore
+from lafusion_st.report import save_report
 from lafusion_st.scan import TaskScan, scan_task
 from lafusion_st.spec import EmbedderSpec, RunSettings
 from lafusion_st.stats import holm, mcnemar
@@ -156,7 +156,7 @@ def record_test_scores(path: Path, report: dict, rows: dict[tuple[str, str], Row
     :func:`reusable_report` does not read it.
     """
     report["test"] = {row.label: row.test.to_dict() for row in rows.values()}
-    write_text_atomic(path, json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    save_report(path, report)
 
 
 def llm_pair(rows: dict[tuple[str, str], Row], models: list[str]) -> EmbedderSpec | None:

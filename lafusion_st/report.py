@@ -79,8 +79,13 @@ def build_report(
 def write_report(path: str | Path, **report_fields: Any) -> dict[str, Any]:
     """Write :func:`build_report` (same keyword arguments) as indented JSON, atomically; returns the dict."""
     report = build_report(**report_fields)
-    write_text_atomic(path, json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    save_report(path, report)
     return report
+
+
+def save_report(path: str | Path, report: dict[str, Any]) -> None:
+    """Write a report dict (built here, possibly completed later, e.g. with test scores) atomically, as JSON."""
+    write_text_atomic(path, json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def plot_layer_curves(
