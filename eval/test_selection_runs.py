@@ -25,7 +25,7 @@ from selection_runs import (
 
 from lafusion_st.data import LabeledTexts
 from lafusion_st.pipeline import ALL_MODELS, BEST_LAYER, FUSED_LAYERS, GREEDY_MODELS, LAST_LAYER
-from lafusion_st.probe import ProbeConfig, ProbeScore, fit_and_test
+from lafusion_st.probe import ProbeConfig, ProbeScore, fit_and_test, fit_and_test_every_C
 from lafusion_st.scan import LayerVectors, TaskScan, fused_from_scan
 from lafusion_st.spec import RunSettings
 from lafusion_st.stats import holm, mcnemar
@@ -180,12 +180,13 @@ def test_the_test_scoring_fits_each_configuration_once_and_builds_the_tables_fro
     pair = llm_pair(rows, MODELS)
     candidates = [spec for model in MODELS for spec in single_layers(model, scans, SETTINGS)]
     assert len(candidates) == 2 * (4 + 3 + 3)
-    specs = [*(row.spec for row in rows.values()), pair, *candidates]
-    scores = score_on_test(specs, scans, train, test, SETTINGS.probe)
-    # the single-layer rows are oracle candidates and the LLM pair is the greedy models' row here: the two
-    # models' fused layers and the two multi-model rows are the only extra fits
+    scores = score_on_test([*(row.spec for row in rows.values()), pair], scans, train, test, SETTINGS.probe)
+    # one fit per configuration: MiniLM's last layer is its best single layer, Gemma3's best single layer is its
+    # choice, and the LLM pair is the greedy models' row here
     assert pair == rows[("smollm2-135m+gemma3-270m", GREEDY_MODELS)].spec
-    assert len(scores) == len(candidates) + 4
+    assert len(scores) == len(rows) - 2
+    path_scores = score_on_test(candidates, scans, train, test, SETTINGS.probe, fit=fit_and_test_every_C)
+    assert [len(path) for path in path_scores.values()] == [len(SETTINGS.probe.Cs)] * len(candidates)
     last = rows[("smollm2-135m", LAST_LAYER)].spec
     direct = fit_and_test(
         fused_from_scan(scans.train, last), train.labels, fused_from_scan(scans.test, last), test.labels, SETTINGS.probe
@@ -201,10 +202,16 @@ def test_the_test_scoring_fits_each_configuration_once_and_builds_the_tables_fro
     assert written["test"] == {row.label: row.test.to_dict() for row in rows.values()}
     assert written["test"]["smollm2-135m last layer [3]"]["accuracy"] == direct.accuracy
 
-    oracle = oracle_rows("r8", rows, MODELS, scans, SETTINGS, scores)
-    for model, line in zip(MODELS, oracle, strict=True):
-        best = max(single_layers(model, scans, SETTINGS), key=lambda spec: scores[spec].accuracy)
-        assert f"| {best.pooling[0]} [{best.layers[0][0]}] {100 * scores[best].accuracy:.1f} |" in line
+    oracle = oracle_rows("r8", rows, MODELS, scans, SETTINGS, path_scores)
+    for model, line in zip(MODELS, oracle, strict=True):  # the best (layer, C) on test, the first of ties
+        ceiling = max(
+            ((spec, score) for spec in single_layers(model, scans, SETTINGS) for score in path_scores[spec]),
+            key=lambda pair: pair[1].accuracy,
+        )
+        spec, score = ceiling
+        assert f"| {spec.pooling[0]} [{spec.layers[0][0]}], C = {score.C:g}: {100 * score.accuracy:.1f} |" in line
+        gap = 100 * (rows[(model, FUSED_LAYERS)].test.accuracy - score.accuracy)
+        assert line.endswith(f"| {gap:+.1f} |")
 
     comparisons = comparison_rows("r8", rows, MODELS, scores[pair])
     names = [line.split(" | ")[1] for line in comparisons]

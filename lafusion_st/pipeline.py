@@ -11,9 +11,10 @@ split is only used, at the end, to report the accuracy of configurations already
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from joblib import Parallel, delayed
@@ -36,6 +37,9 @@ from lafusion_st.spec import EmbedderSpec, RunSettings
 from lafusion_st.stats import PairedTest, holm, mcnemar
 
 logger = logging.getLogger(__name__)
+
+Scored = TypeVar("Scored")
+"""What :func:`score_on_test`'s ``fit`` returns per configuration."""
 
 LAST_LAYER, BEST_LAYER, FUSED_LAYERS = "last layer", "best layer", "fused layers"
 ALL_MODELS, GREEDY_MODELS = "multi-model", "greedy models"
@@ -363,7 +367,8 @@ def score_on_test(
     test: LabeledTexts,
     probe: ProbeConfig,
     show_progress_bar: bool = True,
-) -> dict[EmbedderSpec, TestScore]:
+    fit: Callable[..., Scored] = fit_and_test,
+) -> dict[EmbedderSpec, Scored]:
     """Test score of each embedder in ``specs`` (concatenated layers and models, as built) from a scan.
 
     The tuned probe is fit on the whole training split and scored on the test split, so call this only for
@@ -371,11 +376,12 @@ def score_on_test(
     be one configuration: a last layer that is also the best single layer), in ``probe.n_jobs`` worker
     processes: the fits are independent, single-threaded and unchanged by the worker count. Each one's features
     are cut from the scan in this process, so a worker receives one configuration's matrices rather than a
-    pickle of every model's whole scan.
+    pickle of every model's whole scan. ``fit`` is :func:`~lafusion_st.probe.fit_and_test` or, for a ceiling
+    that also picks ``C`` on test, :func:`~lafusion_st.probe.fit_and_test_every_C`.
     """
     unique = list(dict.fromkeys(specs))
     fits = (
-        delayed(fit_and_test)(
+        delayed(fit)(
             fused_from_scan(scans.train, spec), train.labels, fused_from_scan(scans.test, spec), test.labels, probe
         )
         for spec in unique

@@ -451,21 +451,32 @@ def fit_and_test(
     number for a configuration chosen by cross-validation. Test labels unseen in training count as errors."""
     train_features, train_labels = _as_arrays(train_features, train_labels)
     test_features, test_labels = _as_arrays(test_features, test_labels)
-    if train_features.shape[1] != test_features.shape[1]:
-        raise ValueError(f"Train has {train_features.shape[1]} features per text, test {test_features.shape[1]}.")
+    _check_widths(train_features, test_features)
     probe, converged = _fit(train_features, train_labels, config)
-    predicted = probe.predict(test_features)
-    correct = np.asarray(predicted == test_labels, dtype=bool)
-    return TestScore(
-        accuracy=float(correct.mean()),
-        macro_f1=float(f1_score(test_labels, predicted, average="macro", zero_division=0)),
-        num_train=len(train_labels),
-        num_test=len(test_labels),
-        converged=converged,
-        C=float(probe[-1].C_),
-        accuracy_interval=accuracy_interval(correct),
-        correct=correct,
-    )
+    return _test_score(probe.predict(test_features), test_labels, len(train_labels), converged, float(probe[-1].C_))
+
+
+def fit_and_test_every_C(
+    train_features: np.ndarray,
+    train_labels: Sequence,
+    test_features: np.ndarray,
+    test_labels: Sequence,
+    config: ProbeConfig = ProbeConfig(),
+) -> list[TestScore]:
+    """The tuned probe's model at every ``C`` of ``config.Cs`` instead of the one its inner CV picks: standardised
+    logistic regression fit on the full training split along a warm-started path (the tuned probe's ``tol``
+    and ``max_iter``), scored on the test split at each ``C``, in ``config.Cs`` order.
+
+    Only for a ceiling, never for a choice: the best of these scores picks ``C`` on test. Why it exists: the
+    oracle of ``eval/selection_runs.py`` scores every layer of every model on test, and one path over ``Cs``
+    costs about a third of an inner-CV fit (20.6 s vs 70.7 s for a SmolLM2 layer on full R52), so the
+    ceiling also covers ``C`` for a third of the time.
+    """
+    train_features, train_labels = _as_arrays(train_features, train_labels)
+    test_features, test_labels = _as_arrays(test_features, test_labels)
+    _check_widths(train_features, test_features)
+    path = _path_predictions(train_features, train_labels, test_features, config.Cs, config.tol, config.max_iter)
+    return [_test_score(predicted, test_labels, len(train_labels), converged, C) for C, predicted, converged in path]
 
 
 def _class_counts(labels: Sequence) -> Counter:
@@ -494,16 +505,50 @@ def _fold_predictions(
     if probe == "tuned":
         fitted, converged = _fit(train_features, train_labels, config)
         return [(float(fitted[-1].C_), fitted.predict(test_features), converged)]
+    return _path_predictions(
+        train_features, train_labels, test_features, config.ranking_Cs, RANKING_TOL, config.max_iter
+    )
+
+
+def _path_predictions(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    test_features: np.ndarray,
+    Cs: Sequence[float],
+    tol: float,
+    max_iter: int,
+) -> list[tuple[float, np.ndarray, bool]]:
+    """``(C, predictions of test_features, converged)`` for each of ``Cs`` (ascending): one standardised
+    logistic regression, warm-started from the previous ``C``'s solution (small ``C`` converge in a few steps)."""
     scaler = StandardScaler().fit(train_features)
     train_features, test_features = scaler.transform(train_features), scaler.transform(test_features)
-    classifier = LogisticRegression(warm_start=True, max_iter=config.max_iter, tol=RANKING_TOL)
+    classifier = LogisticRegression(warm_start=True, max_iter=max_iter, tol=tol)
     path = []
     with _one_thread_quietly():
-        for C in config.ranking_Cs:
+        for C in Cs:
             classifier.set_params(C=C).fit(train_features, train_labels)
-            converged = bool(np.all(classifier.n_iter_ < config.max_iter))
+            converged = bool(np.all(classifier.n_iter_ < max_iter))
             path.append((C, classifier.predict(test_features), converged))
     return path
+
+
+def _test_score(predicted: np.ndarray, test_labels: np.ndarray, num_train: int, converged: bool, C: float) -> TestScore:
+    correct = np.asarray(predicted == test_labels, dtype=bool)
+    return TestScore(
+        accuracy=float(correct.mean()),
+        macro_f1=float(f1_score(test_labels, predicted, average="macro", zero_division=0)),
+        num_train=num_train,
+        num_test=len(test_labels),
+        converged=converged,
+        C=C,
+        accuracy_interval=accuracy_interval(correct),
+        correct=correct,
+    )
+
+
+def _check_widths(train_features: np.ndarray, test_features: np.ndarray) -> None:
+    if train_features.shape[1] != test_features.shape[1]:
+        raise ValueError(f"Train has {train_features.shape[1]} features per text, test {test_features.shape[1]}.")
 
 
 @contextmanager

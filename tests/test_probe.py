@@ -14,6 +14,7 @@ from lafusion_st.probe import (
     ProbeConfig,
     cross_validate,
     fit_and_test,
+    fit_and_test_every_C,
     fit_tuned_probe,
     score_many,
     stratified_splits,
@@ -59,6 +60,23 @@ def test_tuned_probe_beats_a_fixed_large_C_on_held_out_data() -> None:
     assert tuned.accuracy == pytest.approx(tuned.correct.mean()) and tuned.correct.shape == (150,)
     assert tuned.accuracy_interval.low < tuned.accuracy < tuned.accuracy_interval.high
     assert "correct" not in tuned.to_dict() and tuned.to_dict()["accuracy_interval"]["confidence"] == 0.95
+
+
+def test_every_C_scores_the_probes_model_at_each_C_of_its_grid_on_test() -> None:
+    """The oracle's fit: one warm-started path over ``Cs`` on the whole training split equals, C by C, a plain
+    standardised logistic regression fit from scratch at that C (converged tightly, both reach the same optimum)."""
+    features, labels = _spread_signal(300, 40, seed=3)
+    tight = ProbeConfig(tol=1e-10, max_iter=10_000)
+    scores = fit_and_test_every_C(features[:200], labels[:200], features[200:], labels[200:], tight)
+    assert [score.C for score in scores] == list(tight.Cs)
+    for score in scores:
+        cold = Pipeline([("scale", StandardScaler()), ("classify", LogisticRegression(C=score.C, tol=1e-10))])
+        predicted = cold.fit(features[:200], labels[:200]).predict(features[200:])
+        np.testing.assert_array_equal(score.correct, predicted == labels[200:])
+        assert score.accuracy == pytest.approx(score.correct.mean()) and score.converged
+    assert len({score.accuracy for score in scores}) > 1  # the grid matters: the ceiling is a choice over C
+    with pytest.raises(ValueError, match="features per text"):
+        fit_and_test_every_C(features[:200], labels[:200], features[200:, :5], labels[200:])
 
 
 def test_inner_cv_never_sees_the_held_out_fold() -> None:
