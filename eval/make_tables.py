@@ -59,6 +59,12 @@ def main() -> None:
         help="document whose tables (between its tables markers) are replaced, if it exists",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="processes evaluating configurations (default: %(default)s, one per core here; 1 beside other jobs)",
+    )
+    parser.add_argument(
         "--no-costs",
         action="store_true",
         help="evaluate only; measure the costs in a later run, when the machine is quiet",
@@ -70,7 +76,7 @@ def main() -> None:
 
     if not args.no_run:
         plan = load_plan(args.config, args.datasets, args.only)
-        run_evaluations(plan, overwrite=args.overwrite)
+        run_evaluations(plan, overwrite=args.overwrite, workers=args.workers)
         if not args.no_costs:
             run_costs(plan, overwrite=args.overwrite)
     full_plan = tabulated_plan(args.config)  # the tables show every configuration that has results

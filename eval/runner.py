@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from costs import measure_cost, rss_mib
+from joblib import Parallel, delayed
 from mteb.models import ModelMeta
 from sentence_transformers import SentenceTransformer
 
@@ -312,35 +313,45 @@ def revisions(plan: Plan) -> dict[str, str]:
     return {name: meta.revision for name, meta in known.items()}
 
 
-def run_evaluations(plan: Plan, overwrite: bool = False, log=print) -> None:
+def run_evaluations(plan: Plan, overwrite: bool = False, log=print, workers: int = 1) -> None:
     """Evaluate every configuration of the plan whose results of its own revision are missing (all with
-    ``overwrite``)."""
-    metas: dict[str, ModelMeta] = {}
-    dataset, scans = None, {}
-    for configuration in plan.configurations:
-        embedder = build_embedder(configuration)
-        meta = model_meta(configuration, embedder, metas)
-        if not overwrite and not plan.missing(configuration, meta.revision):
-            log(f"cached   {configuration.name} on {configuration.dataset}")
-            continue
-        # Something is missing: all protocols are recomputed (from the scans, in seconds) so that the results
-        # and the per-text predictions always come from the same run.
-        if configuration.dataset != dataset:  # texts differ between datasets: drop the last dataset's scans
-            dataset, scans = configuration.dataset, {}
-        start = time.perf_counter()
-        result = evaluate_encoder(
-            _encoder(plan, configuration, embedder, scans),
-            plan.tasks(configuration.dataset),
-            plan.results_folder,
-            meta=meta,
-            batch_size=plan.batch_size,
-            overwrite=True,
-            prediction_folder=plan.prediction_folder(configuration.name, meta.revision),
-        )
-        scores = ", ".join(f"{r.task_name}={r.get_score():.4f}" for r in result.task_results)
-        log(
-            f"done     {configuration.name} on {configuration.dataset} in {time.perf_counter() - start:.0f} s: {scores}"
-        )
+    ``overwrite``), in ``workers`` processes.
+
+    Why processes: MTEB's probe fits run in one BLAS thread (see ``evaluate_encoder``) and they are most of
+    this step (on full R52 the paper protocol's tuned fits of the fused rows take minutes each), so on a
+    2-core machine two configurations at a time use the second core. Each configuration's fits are
+    single-threaded whatever the worker count, so its results do not depend on it.
+    """
+    jobs = (delayed(_evaluate)(plan, configuration, overwrite) for configuration in plan.configurations)
+    for line in Parallel(n_jobs=workers, return_as="generator")(jobs):
+        log(line)
+
+
+def _evaluate(plan: Plan, configuration: Configuration, overwrite: bool) -> str:
+    """Run one configuration's missing results (all protocols) and say what was done.
+
+    The scans come from the scan cache (seconds; a scan that is missing is computed once, by the first process
+    that needs it, under the cache's lock), not from another configuration's memory, so that configurations
+    can run in separate processes.
+    """
+    embedder = build_embedder(configuration)
+    meta = model_meta(configuration, embedder, {})
+    if not overwrite and not plan.missing(configuration, meta.revision):
+        return f"cached   {configuration.name} on {configuration.dataset}"
+    # Something is missing: all protocols are recomputed (from the scans, in seconds) so that the results
+    # and the per-text predictions always come from the same run.
+    start = time.perf_counter()
+    result = evaluate_encoder(
+        _encoder(plan, configuration, embedder, {}),
+        plan.tasks(configuration.dataset),
+        plan.results_folder,
+        meta=meta,
+        batch_size=plan.batch_size,
+        overwrite=True,
+        prediction_folder=plan.prediction_folder(configuration.name, meta.revision),
+    )
+    scores = ", ".join(f"{r.task_name}={r.get_score():.4f}" for r in result.task_results)
+    return f"done     {configuration.name} on {configuration.dataset} in {time.perf_counter() - start:.0f} s: {scores}"
 
 
 def _encoder(plan: Plan, configuration: Configuration, embedder: SentenceTransformer, scans: dict) -> CachedEncoder:

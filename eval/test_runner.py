@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from runner import REPOSITORY, Configuration, Plan, _poolings, load_plan
+import pytest
+from runner import REPOSITORY, Configuration, Plan, _poolings, load_plan, run_evaluations
 
 from lafusion_st.spec import EmbedderSpec
 
@@ -65,3 +66,29 @@ def test_each_model_is_scanned_once_for_every_pooling_its_rows_use() -> None:
     assert _poolings(plan, "mr", "smollm2-135m", 256) == ["last", "mean"]
     assert _poolings(plan, "r8", "gemma3-270m", 256) == ["mean"]
     assert _poolings(plan, "mr", "gemma3-270m", 128) == []  # no row at another token limit
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")  # 16 test texts: F1 of empty classes
+def test_configurations_evaluated_in_two_processes_give_the_results_of_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``make_tables --workers 2`` runs configurations in worker processes: the same scores, logged in the
+    plan's order, and results on disk that a later run finds (it says "cached", computes nothing)."""
+    monkeypatch.setenv("LAFUSION_CACHE", str(tmp_path / "cache"))  # the workers inherit it: one scan cache
+    specs = (EmbedderSpec("smollm2-135m", [3]), EmbedderSpec("smollm2-135m", [6], pooling="last"))
+    configurations = tuple(Configuration("sst2", "layer", spec.name, spec=spec) for spec in specs)
+    logs: dict[int, list[str]] = {}
+    for workers in (1, 2):
+        plan = Plan(
+            tmp_path / f"results_{workers}", ("sst2",), ("paper",), {"sst2": (32, 16)}, 0, 8, 8, tmp_path,
+            configurations,
+        )  # fmt: skip
+        logs[workers] = []
+        run_evaluations(plan, log=logs[workers].append, workers=workers)
+    timeless = lambda line: (line.split(" in ")[0], line.split(": ", 1)[1])  # noqa: E731
+    assert [line.split()[:2] for line in logs[2]] == [["done", spec.name] for spec in specs]
+    assert [timeless(line) for line in logs[2]] == [timeless(line) for line in logs[1]]
+    again: list[str] = []
+    run_evaluations(plan, log=again.append, workers=2)
+    assert again == [f"cached   {spec.name} on sst2" for spec in specs]
