@@ -23,7 +23,8 @@ Two probes, one job each (:data:`PROBES`):
 
 Cross-validation uses ``StratifiedKFold`` on the training split only, with the same folds for every
 candidate scored on the same labels (so per-fold differences are paired); the test split is touched
-solely by :func:`fit_and_test`, for the final number of an already chosen configuration.
+solely by :func:`fit_and_test`, for the final number of an already chosen configuration, and by
+:func:`fit_and_test_every_C`, for a ceiling that is reported and never chooses.
 
 Folds and rare classes (documented, tested behaviour):
 
@@ -185,7 +186,7 @@ class TestScore:
     """Test-split quality of the tuned probe trained on the full training split.
 
     Attributes:
-        C: The ``C`` its inner CV chose on the training split.
+        C: The ``C`` its inner CV chose on the training split (:func:`fit_and_test_every_C`: the path's ``C``).
         accuracy_interval: 95% percentile-bootstrap interval of ``accuracy`` over test texts.
         correct: Per test text, whether the probe got it right (for paired tests; not in ``to_dict``).
     """
