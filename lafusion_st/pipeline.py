@@ -22,7 +22,13 @@ from tqdm.auto import tqdm
 
 from lafusion_st.coarse_to_fine import CoarseScan, describe, scan_task_coarse_to_fine
 from lafusion_st.data import LabeledTexts, check_classification_data
-from lafusion_st.probe import ProbeConfig, ProbeScore, TestScore, cross_validate, fit_and_test
+from lafusion_st.probe import (
+    ProbeConfig,
+    ProbeScore,
+    TestScore,
+    cross_validate_together,
+    fit_and_test,
+)
 from lafusion_st.report import plot_layer_curves, write_report
 from lafusion_st.scan import TaskScan, check_reproduces_scan, fused_from_scan, scan_task
 from lafusion_st.selection import (
@@ -168,11 +174,8 @@ def run_task(
     labels = np.asarray(train.labels)
     rows: dict[tuple[str, str], Row] = {}
 
-    def tuned_cv(spec: EmbedderSpec) -> ProbeScore:
-        return cross_validate(fused_from_scan(scans.train, spec), labels, settings.probe).score
-
-    def add_row(role: str, spec: EmbedderSpec, cv: ProbeScore | None = None) -> None:
-        rows[("+".join(spec.models), role)] = Row(role, spec, cv if cv is not None else tuned_cv(spec))
+    def add_row(role: str, spec: EmbedderSpec, cv: ProbeScore) -> None:
+        rows[("+".join(spec.models), role)] = Row(role, spec, cv)
 
     searches: dict[str, LayerSearch] = {}
     chosen_specs: dict[str, EmbedderSpec] = {}
@@ -206,9 +209,13 @@ def run_task(
             {model: searches[model].predictions for model in models}, labels, searches[models[0]].score.folds
         )
         chosen_models = list(model_selection.chosen)
-        add_row(ALL_MODELS, joined_spec(chosen_specs, models))
+        fused_models = {ALL_MODELS: joined_spec(chosen_specs, models)}
         if len(chosen_models) < len(models):
-            add_row(GREEDY_MODELS, joined_spec(chosen_specs, chosen_models))
+            fused_models[GREEDY_MODELS] = joined_spec(chosen_specs, chosen_models)
+        blocks = [fused_from_scan(scans.train, spec) for spec in fused_models.values()]
+        together = cross_validate_together(blocks, labels, settings.probe)  # both CVs' folds keep both cores busy
+        for (role, spec), cv in zip(fused_models.items(), together, strict=True):
+            add_row(role, spec, cv.score)
 
     if test is not None:  # every choice is made: now the test split, each configuration fitted once
         tested = score_on_test([row.spec for row in rows.values()], scans, train, test, settings.probe)

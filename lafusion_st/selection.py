@@ -42,6 +42,7 @@ from lafusion_st.probe import (
     ProbeScore,
     check_metric,
     cross_validate,
+    cross_validate_together,
     layer_scores,
     score_many,
     usable_folds,
@@ -542,12 +543,13 @@ def search_layers(
     folds = usable_folds(labels, config.folds)
     tuned: dict[tuple[str, tuple[int, ...]], CrossValidation] = {}
 
-    def tuned_cv(pooling: str, layers: list[int]) -> ProbeScore:
-        key = (pooling, tuple(layers))
-        if key not in tuned:
-            features = _concat_layers(vectors[pooling], layers)
-            tuned[key] = cross_validate(features, labels, config, folds=folds)
-        return tuned[key].score
+    def tuned_cvs(*wanted: tuple[str, list[int]]) -> list[ProbeScore]:
+        """Tuned-probe CVs of ``(pooling, layers)``: those not scored yet, all at once (both processes busy)."""
+        keys = [(pooling, tuple(layers)) for pooling, layers in wanted]
+        new = [key for key in dict.fromkeys(keys) if key not in tuned]
+        blocks = [_concat_layers(vectors[pooling], list(layers)) for pooling, layers in new]
+        tuned.update(zip(new, cross_validate_together(blocks, labels, config, folds=folds), strict=True))
+        return [tuned[key].score for key in keys]
 
     def rule(challenger: ProbeScore, incumbent: ProbeScore, kind: str, names: tuple[str, str]) -> Decision:
         return noise_rule(challenger, incumbent, kind=kind, names=names, metric=metric, standard_errors=standard_errors)
@@ -560,7 +562,8 @@ def search_layers(
         pooling: sorted(range(last + 1), key=lambda layer: (-curve[layer].mean(metric), layer))
         for pooling, curve in curves.items()
     }
-    best_single = {pooling: (ranked[pooling][0], tuned_cv(pooling, ranked[pooling][:1])) for pooling in poolings}
+    singles = tuned_cvs(*((pooling, ranked[pooling][:1]) for pooling in poolings))
+    best_single = {pooling: (ranked[pooling][0], score) for pooling, score in zip(poolings, singles, strict=True)}
     pooling, decisions = poolings[0], []
     for challenger in poolings[1:]:
         (layer, score), (incumbent_layer, incumbent_score) = best_single[challenger], best_single[pooling]
@@ -581,8 +584,8 @@ def search_layers(
         config=config,
         show_progress_bar=show_progress_bar,
     )
-    layers, score = selection.chosen, tuned_cv(pooling, selection.chosen)
-    last_score = tuned_cv(poolings[0], [start])
+    layers = selection.chosen
+    score, last_score = tuned_cvs((pooling, layers), (poolings[0], [start]))
     if (pooling, layers) != (poolings[0], [start]):
         names = (f"{poolings[0]} {[start]}", f"{pooling} {layers}")
         decisions.append(rule(score, last_score, "against last layer" if start == last else "against incumbent", names))
@@ -662,9 +665,8 @@ def complementarity(
     _check_models(features)
     labels = np.asarray(labels)
     folds = usable_folds(labels, config.folds)
-    predictions = {
-        name: cross_validate(block, labels, config, folds=folds).predictions for name, block in features.items()
-    }
+    validations = cross_validate_together(list(features.values()), labels, config, folds=folds)
+    predictions = {name: validation.predictions for name, validation in zip(features, validations, strict=True)}
     return complementarity_of(predictions, labels, folds)
 
 

@@ -13,6 +13,7 @@ from sklearn.preprocessing import StandardScaler
 from lafusion_st.probe import (
     ProbeConfig,
     cross_validate,
+    cross_validate_together,
     fit_and_test,
     fit_and_test_every_C,
     fit_tuned_probe,
@@ -77,6 +78,19 @@ def test_every_C_scores_the_probes_model_at_each_C_of_its_grid_on_test() -> None
     assert len({score.accuracy for score in scores}) > 1  # the grid matters: the ceiling is a choice over C
     with pytest.raises(ValueError, match="features per text"):
         fit_and_test_every_C(features[:200], labels[:200], features[200:, :5], labels[200:])
+
+
+def test_cross_validating_sets_together_gives_each_set_its_own_cv() -> None:
+    """Two sets' folds in one pool of 2 processes: each result is that set's own :func:`cross_validate`."""
+    strong, labels = _spread_signal(120, 20, seed=4, strength=0.5)
+    weak = _spread_signal(120, 20, seed=5, strength=0.05)[0]
+    together = cross_validate_together([strong, weak], labels, ProbeConfig(folds=4, n_jobs=2))
+    for features, result in zip((strong, weak), together, strict=True):
+        alone = cross_validate(features, labels, ProbeConfig(folds=4))
+        assert result.score == alone.score
+        np.testing.assert_array_equal(result.predictions, alone.predictions)
+    assert together[0].score.accuracy_mean > together[1].score.accuracy_mean + 0.2  # not one set's result twice
+    assert cross_validate_together([], labels, CONFIG) == []
 
 
 def test_inner_cv_never_sees_the_held_out_fold() -> None:
