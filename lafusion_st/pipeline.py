@@ -22,13 +22,7 @@ from tqdm.auto import tqdm
 
 from lafusion_st.coarse_to_fine import CoarseScan, describe, scan_task_coarse_to_fine
 from lafusion_st.data import LabeledTexts, check_classification_data
-from lafusion_st.probe import (
-    ProbeConfig,
-    ProbeScore,
-    TestScore,
-    cross_validate_together,
-    fit_and_test,
-)
+from lafusion_st.probe import ProbeConfig, ProbeScore, TestScore, cross_validate_together, fit_and_test
 from lafusion_st.report import plot_layer_curves, write_report
 from lafusion_st.scan import TaskScan, check_reproduces_scan, fused_from_scan, scan_task
 from lafusion_st.selection import (
