@@ -48,6 +48,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -323,8 +324,12 @@ def run_evaluations(plan: Plan, overwrite: bool = False, log=print, workers: int
     single-threaded whatever the worker count, so its results do not depend on it.
     """
     jobs = (delayed(_evaluate)(plan, configuration, overwrite) for configuration in plan.configurations)
-    for line in Parallel(n_jobs=workers, return_as="generator")(jobs):
-        log(line)
+    with warnings.catch_warnings():
+        # Each configuration loads a model of more than 300 MB, so loky replaces the worker after it, on purpose,
+        # and reports that with this generic warning (joblib/joblib#869, fixed in loky#641, not yet released).
+        warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given", category=UserWarning)
+        for line in Parallel(n_jobs=workers, return_as="generator")(jobs):
+            log(line)
 
 
 def _evaluate(plan: Plan, configuration: Configuration, overwrite: bool) -> str:
