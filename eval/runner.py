@@ -347,7 +347,7 @@ def _evaluate(plan: Plan, configuration: Configuration, overwrite: bool) -> str:
     # and the per-text predictions always come from the same run.
     start = time.perf_counter()
     result = evaluate_encoder(
-        _encoder(plan, configuration, embedder, {}),
+        _encoder(plan, configuration, embedder),
         plan.tasks(configuration.dataset),
         plan.results_folder,
         meta=meta,
@@ -359,9 +359,9 @@ def _evaluate(plan: Plan, configuration: Configuration, overwrite: bool) -> str:
     return f"done     {configuration.name} on {configuration.dataset} in {time.perf_counter() - start:.0f} s: {scores}"
 
 
-def _encoder(plan: Plan, configuration: Configuration, embedder: SentenceTransformer, scans: dict) -> CachedEncoder:
-    """The configuration's encoder: the embedder, its vectors of the dataset's texts read from the scans
-    (``scans``: ``(model, max_seq_length) -> TaskScan`` of this dataset, filled on first use)."""
+def _encoder(plan: Plan, configuration: Configuration, embedder: SentenceTransformer) -> CachedEncoder:
+    """The configuration's encoder: the embedder, its vectors of the dataset's texts read from the scan cache
+    (each model's scan holds every pooling the dataset's rows take from it: one forward pass for all)."""
     encoder = CachedEncoder(embedder)
     spec = configuration.spec
     if spec is None:
@@ -369,13 +369,9 @@ def _encoder(plan: Plan, configuration: Configuration, embedder: SentenceTransfo
     train, test = plan.splits(configuration.dataset)
     train_view, test_view = {}, {}
     for model in spec.models:
-        key = (model, spec.max_seq_length)
-        if key not in scans:  # one forward pass for every pooling the dataset's rows take from this model
-            poolings = _poolings(plan, configuration.dataset, model, spec.max_seq_length)
-            scans[key] = scan_task(
-                model, train.texts, test.texts, poolings=poolings, max_seq_length=spec.max_seq_length
-            )
-        train_view[model], test_view[model] = scans[key].train[model], scans[key].test[model]
+        poolings = _poolings(plan, configuration.dataset, model, spec.max_seq_length)
+        scanned = scan_task(model, train.texts, test.texts, poolings=poolings, max_seq_length=spec.max_seq_length)
+        train_view[model], test_view[model] = scanned.train[model], scanned.test[model]
     expected = fused_from_scan(test_view, spec)
     _check_parity(configuration, embedder, test.texts[:8], expected[:8], plan.batch_size)
     encoder.remember(train.texts, fused_from_scan(train_view, spec))
