@@ -207,7 +207,9 @@ def run_task(
         if len(chosen_models) < len(models):
             fused_models[GREEDY_MODELS] = joined_spec(chosen_specs, chosen_models)
         blocks = [fused_from_scan(scans.train, spec) for spec in fused_models.values()]
-        together = cross_validate_together(blocks, labels, settings.probe)  # both CVs' folds keep both cores busy
+        together = cross_validate_together(  # both CVs' folds keep both cores busy
+            blocks, labels, settings.probe, progress=f"tuned CV of the {len(blocks)} model fusion(s)"
+        )
         for (role, spec), cv in zip(fused_models.items(), together, strict=True):
             add_row(role, spec, cv.score)
 
@@ -224,7 +226,6 @@ def run_task(
             standard_errors=settings.standard_errors,
             incumbent=incumbents[model],
             config=settings.probe,
-            show_progress_bar=False,
         )
         for model in models
         if settings.seeds > 1
@@ -319,7 +320,9 @@ def save_classifier(embedder: Any, train_features: np.ndarray, train: LabeledTex
     from lafusion_st.embedding_cache import member_dims
     from lafusion_st.heads import LogisticHead
 
-    head = LogisticHead(seed=seed).fit(train_features, train.labels, member_dims=member_dims(embedder))
+    with tqdm(total=1, desc="fit the saved classifier's head (tuned probe)", unit="fit") as progress:  # minutes on R52
+        head = LogisticHead(seed=seed).fit(train_features, train.labels, member_dims=member_dims(embedder))
+        progress.update()
     FusedClassifier.from_parts(embedder, head).save(path)
 
 

@@ -33,6 +33,7 @@ from itertools import combinations
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from lafusion_st.modes import STANDARD_ERRORS
 from lafusion_st.probe import (
@@ -548,7 +549,10 @@ def search_layers(
         keys = [(pooling, tuple(layers)) for pooling, layers in wanted]
         new = [key for key in dict.fromkeys(keys) if key not in tuned]
         blocks = [_concat_layers(vectors[pooling], list(layers)) for pooling, layers in new]
-        tuned.update(zip(new, cross_validate_together(blocks, labels, config, folds=folds), strict=True))
+        progress = f"tuned CV of {len(new)} choice(s)" if show_progress_bar and new else None
+        tuned.update(
+            zip(new, cross_validate_together(blocks, labels, config, folds=folds, progress=progress), strict=True)
+        )
         return [tuned[key].score for key in keys]
 
     def rule(challenger: ProbeScore, incumbent: ProbeScore, kind: str, names: tuple[str, str]) -> Decision:
@@ -628,6 +632,7 @@ def stability(
     seeds: Sequence[int],
     *,
     config: ProbeConfig = ProbeConfig(),
+    show_progress_bar: bool = True,
     **search_arguments: Any,
 ) -> Stability:
     """Repeat :func:`search_layers` with the fold seed set to each of ``seeds`` and count what it chose.
@@ -639,13 +644,16 @@ def stability(
         labels: Training labels.
         seeds: Fold seeds (``config.seed`` is replaced by each).
         config: Probe settings other than the seed.
+        show_progress_bar: One bar over the seeds (each search's own bars would repeat per seed).
         **search_arguments: Further arguments of :func:`search_layers`.
     """
     if not seeds:
         raise ValueError("Give at least one seed.")
     choices = []
-    for seed in seeds:
-        search = search_layers(vectors, labels, config=replace(config, seed=int(seed)), **search_arguments)
+    for seed in tqdm(seeds, desc="search under each fold seed", unit="seed", disable=not show_progress_bar):
+        search = search_layers(
+            vectors, labels, config=replace(config, seed=int(seed)), show_progress_bar=False, **search_arguments
+        )
         choices.append((search.pooling, list(search.layers)))
     layer_counts = Counter(layer for _, layers in choices for layer in layers)
     pooling_counts = Counter(pooling for pooling, _ in choices)

@@ -62,9 +62,15 @@ def test_run_on_user_files_writes_report_plot_and_model(tiny_models, task_files,
             str(out),
         ]
     )
-    printed = capsys.readouterr().out
+    printed, progress = capsys.readouterr()
     assert "last layer [4]" in printed and "multi-model" in printed
     report = json.loads((out / "report.json").read_text())
+    # The long stretches after the layer searches name themselves (on full R52 they were 18 quiet minutes): one
+    # fit per fusion and fold, then the head's fit.
+    fusions = [cv for label, cv in report["cv"].items() if label.startswith(("multi-model", "greedy models"))]
+    fits = sum(cv["folds"] for cv in fusions)
+    assert f"tuned CV of the {len(fusions)} model fusion(s): 100%|██████████| {fits}/{fits} " in progress
+    assert "fit the saved classifier's head (tuned probe): 100%|██████████| 1/1 " in progress
     assert set(report["models"]) == {tiny_models["llama"], tiny_models["bert"]}
     assert (out / "layer_curves.png").read_bytes()[:4] == b"\x89PNG"
     # The reported test score of the chosen embedder is what a probe on the saved model's vectors scores.
@@ -221,7 +227,8 @@ def test_select_with_seeds_reports_how_often_each_layer_is_chosen(tiny_models, t
     out = tmp_path / "select"
     arguments = ["--train", str(train), "--test", str(train), "-m", tiny_models["llama"], "--pooling", "mean"]
     assert main(["select", *arguments, "--seeds", "2", "-o", str(out)]) in (None, 0)
-    printed = capsys.readouterr().out
+    printed, progress = capsys.readouterr()
+    assert "search under each fold seed: 100%" in progress and "| 2/2 " in progress
     stability = json.loads((out / "report.json").read_text())["stability"][tiny_models["llama"]]
     assert stability["seeds"] == [0, 1] and sum(stability["pooling_counts"].values()) == 2
     assert all(1 <= count <= 2 for count in stability["layer_counts"].values())

@@ -80,11 +80,13 @@ def test_every_C_scores_the_probes_model_at_each_C_of_its_grid_on_test() -> None
         fit_and_test_every_C(features[:200], labels[:200], features[200:, :5], labels[200:])
 
 
-def test_cross_validating_sets_together_gives_each_set_its_own_cv() -> None:
-    """Two sets' folds in one pool of 2 processes: each result is that set's own :func:`cross_validate`."""
+def test_cross_validating_sets_together_gives_each_set_its_own_cv(capsys) -> None:
+    """Two sets' folds in one pool of 2 processes: each result is that set's own :func:`cross_validate`; the
+    progress bar, when asked for, counts every set's fold fits."""
     strong, labels = _spread_signal(120, 20, seed=4, strength=0.5)
     weak = _spread_signal(120, 20, seed=5, strength=0.05)[0]
-    together = cross_validate_together([strong, weak], labels, ProbeConfig(folds=4, n_jobs=2))
+    together = cross_validate_together([strong, weak], labels, ProbeConfig(folds=4, n_jobs=2), progress="two sets")
+    assert "two sets: 100%|██████████| 8/8 " in capsys.readouterr().err
     for features, result in zip((strong, weak), together, strict=True):
         alone = cross_validate(features, labels, ProbeConfig(folds=4))
         assert result.score == alone.score
