@@ -407,7 +407,9 @@ def main() -> None:
         specs = [row.spec for row in rows.values()] + ([pair] if pair else [])
         scores = score_on_test(specs, scans, train, test, settings.probe)
         singles = [spec for model in args.models for spec in single_layers(model, scans, settings)]
-        path_scores = score_on_test(singles, scans, train, test, settings.probe, fit=fit_and_test_every_C)
+        path_scores = score_on_test(
+            singles, scans, train, test, settings.probe, fit=fit_and_test_every_C, description="oracle fits (layer, C)"
+        )
         rows = {key: replace(row, test=scores[row.spec]) for key, row in rows.items()}
         record_test_scores(report_path, report, rows)
         summary = {

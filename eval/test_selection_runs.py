@@ -169,7 +169,9 @@ def test_a_kept_selection_is_reused_only_under_the_same_data_size_settings_and_p
     assert reusable_report(path, "r8", train, MODELS, SETTINGS) is None
 
 
-def test_the_test_scoring_fits_each_configuration_once_and_builds_the_tables_from_those_fits(tmp_path: Path) -> None:
+def test_the_test_scoring_fits_each_configuration_once_and_builds_the_tables_from_those_fits(
+    tmp_path: Path, capsys
+) -> None:
     scans, train, test = task_scan()
     rows = chosen_rows(kept_report(train), MODELS, SETTINGS)
     assert [row.label for row in rows.values()] == list(kept_report(train)["cv"])  # run_task's rows, in its order
@@ -185,7 +187,10 @@ def test_the_test_scoring_fits_each_configuration_once_and_builds_the_tables_fro
     # choice, and the LLM pair is the greedy models' row here
     assert pair == rows[("smollm2-135m+gemma3-270m", GREEDY_MODELS)].spec
     assert len(scores) == len(rows) - 2
-    path_scores = score_on_test(candidates, scans, train, test, SETTINGS.probe, fit=fit_and_test_every_C)
+    path_scores = score_on_test(
+        candidates, scans, train, test, SETTINGS.probe, fit=fit_and_test_every_C, description="oracle fits"
+    )
+    assert "oracle fits: 100%|██████████| 20/20 " in capsys.readouterr().err  # its own bar, not "test fits"
     assert [len(path) for path in path_scores.values()] == [len(SETTINGS.probe.Cs)] * len(candidates)
     last = rows[("smollm2-135m", LAST_LAYER)].spec
     direct = fit_and_test(

@@ -372,6 +372,7 @@ def score_on_test(
     probe: ProbeConfig,
     show_progress_bar: bool = True,
     fit: Callable[..., Scored] = fit_and_test,
+    description: str = "test fits",
 ) -> dict[EmbedderSpec, Scored]:
     """Test score of each embedder in ``specs`` (concatenated layers and models, as built) from a scan.
 
@@ -381,7 +382,8 @@ def score_on_test(
     processes: the fits are independent, single-threaded and unchanged by the worker count. Each one's features
     are cut from the scan in this process, so a worker receives one configuration's matrices rather than a
     pickle of every model's whole scan. ``fit`` is :func:`~lafusion_st.probe.fit_and_test` or, for a ceiling
-    that also picks ``C`` on test, :func:`~lafusion_st.probe.fit_and_test_every_C`.
+    that also picks ``C`` on test, :func:`~lafusion_st.probe.fit_and_test_every_C`; ``description`` names the
+    progress bar (a run that fits both says which is which).
     """
     unique = list(dict.fromkeys(specs))
     fits = (
@@ -391,7 +393,7 @@ def score_on_test(
         for spec in unique
     )
     scores = Parallel(n_jobs=probe.n_jobs, return_as="generator")(fits)
-    progress = tqdm(scores, total=len(unique), desc="test fits", unit="fit", disable=not show_progress_bar)
+    progress = tqdm(scores, total=len(unique), desc=description, unit="fit", disable=not show_progress_bar)
     return dict(zip(unique, progress, strict=True))
 
 
