@@ -21,9 +21,9 @@ its choices (``report.json``) restarts at its test scoring, so a run that stoppe
 command. The MTEB and heads steps read only the choices (``report.json``), so once a selection has written
 them, ``--steps mteb heads`` can run beside the selection step's test scoring (not beside a selection that is
 still choosing: they would read the old report). Nothing depends on a scan cache being there: a
-missing scan is recomputed (that is what makes a step slow, not wrong). The wall time of each step and the
-settings are written to ``eval/full/DATASET/run.json``; commit ``eval/full``, ``eval/results_full`` and
-eval/RESULTS.md when it ends.
+missing scan is recomputed (that is what makes a step slow, not wrong). The wall time of each step, the CPU it
+ran on and the settings are written to ``eval/full/DATASET/run.json``; commit ``eval/full``,
+``eval/results_full`` and eval/RESULTS.md when it ends.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -68,6 +69,22 @@ def read_record(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"steps": {}}
 
 
+def machine() -> dict:
+    """The CPU a step ran on. Why: rescanned on one machine, the vectors agree bit for bit (the SST-2 heads
+    refit of 2026-12-07 reproduced every figure of 2026-12-02), while scans recomputed in other sessions differed
+    in the last digits, enough to flip a near-tied choice or two test texts (eval/RESULTS.md); torch picks its
+    vectorised kernels by instruction set, so a run says which it had."""
+    import torch  # only here: the other steps' orchestration needs no torch
+
+    cpuinfo = Path("/proc/cpuinfo")  # Linux; elsewhere, platform's name for the processor
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return {
+        "cpu": names[0] if names else platform.processor() or platform.machine(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
 def record_step(path: Path, fields: dict, name: str, seconds: float) -> dict:
     """Add a finished step's wall time to ``run.json``, read again just before writing: two steps of one dataset
     may run at once (the MTEB step beside the selection's test scoring), and neither may drop the other's."""
@@ -77,6 +94,7 @@ def record_step(path: Path, fields: dict, name: str, seconds: float) -> dict:
         "seconds": round(seconds, 1),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "load_average_1min": round(os.getloadavg()[0], 2),
+        "machine": machine(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(record, indent=2) + "\n")  # the other process never reads half a file

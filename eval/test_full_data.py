@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import torch
 from full_data import read_record, record_step, steps
 from runner import REPOSITORY
 
@@ -37,3 +38,6 @@ def test_steps_running_at_once_keep_each_others_wall_time(tmp_path) -> None:
     record = record_step(path, fields, "mteb", 300.0)
     assert record["steps"].keys() == {"selection", "mteb"} and record["steps"]["selection"]["seconds"] == 600.0
     assert json.loads(path.read_text()) == record
+    # where each step ran: scans agree bit for bit on one machine, not necessarily across CPUs
+    assert record["steps"]["mteb"]["machine"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert record["steps"]["mteb"]["machine"]["cpu"]
