@@ -11,6 +11,7 @@ split is only used, at the end, to report the accuracy of configurations already
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -98,7 +99,7 @@ class RunResult:
     """The result rows, keyed by ``(model, role)`` (``model`` is ``"a+b"`` for a row over several models), the
     chosen embedder's spec, each model's search, the paired comparisons, the scans, the files written, and
     each model's coarse stage (empty unless coarse-to-fine; a model whose last layer was not scanned in full
-    then has no ``last layer`` row)."""
+    then has no ``last layer`` row), and the wall time of each stage (``report.json``: ``stage_seconds``)."""
 
     rows: dict[tuple[str, str], Row]
     chosen: EmbedderSpec
@@ -110,6 +111,7 @@ class RunResult:
     model_path: Path
     scans: TaskScan
     coarse: dict[str, CoarseScan]
+    stage_seconds: dict[str, float]
 
     def layers(self, model: str) -> list[int]:
         """The layers the search chose for ``model`` (also for a model the model search dropped)."""
@@ -145,6 +147,7 @@ def run_task(
     settings = settings or RunSettings()
     check_classification_data(train, test)
     output_dir = Path(output_dir)
+    lap = StageClock()
     scan = settings.scan
     scanner_settings = scan.scanner_arguments
     test_texts = test.texts if test is not None else None
@@ -164,6 +167,7 @@ def run_task(
             logger.info(line)
     else:
         scans = scan_task(models, train.texts, test_texts, poolings=scan.poolings, **scanner_settings)
+    lap("scan")
     incumbents = {model: coarse[model].incumbent if model in coarse else None for model in models}
     labels = np.asarray(train.labels)
     rows: dict[tuple[str, str], Row] = {}
@@ -189,6 +193,7 @@ def run_task(
             add_row(LAST_LAYER, settings.spec([model], [[search.incumbent]], [settings.poolings[0]]), search.last_layer)
         add_row(BEST_LAYER, settings.spec([model], [[best]], [search.pooling]), best_score)
         add_row(FUSED_LAYERS, chosen_specs[model], search.score)
+    lap("layer search")
 
     chosen_models = list(models)
     model_complementarity, model_selection = None, None
@@ -212,10 +217,12 @@ def run_task(
         )
         for (role, spec), cv in zip(fused_models.items(), together, strict=True):
             add_row(role, spec, cv.score)
+        lap("model search")
 
     if test is not None:  # every choice is made: now the test split, each configuration fitted once
         tested = score_on_test([row.spec for row in rows.values()], scans, train, test, settings.probe)
         rows = {key: replace(row, test=tested[row.spec]) for key, row in rows.items()}
+        lap("test fits")
     comparisons = compare_rows(rows, models) if test is not None else []
     stable = {
         model: stability(
@@ -230,6 +237,8 @@ def run_task(
         for model in models
         if settings.seeds > 1
     }
+    if stable:
+        lap("fold seeds")
 
     chosen = joined_spec(chosen_specs, chosen_models)
     model_path = output_dir / "model"
@@ -238,6 +247,7 @@ def run_task(
         embedder, scans.test if test is not None else scans.train, chosen, test if test is not None else train
     )
     save_classifier(embedder, fused_from_scan(scans.train, chosen), train, settings.probe.seed, model_path)
+    lap("build, check and save")
     plot_path = plot_layer_curves(
         output_dir / "layer_curves.png",
         {f"{model} ({search.pooling})": search.curves[search.pooling] for model, search in searches.items()},
@@ -288,11 +298,37 @@ def run_task(
             "cv": {row.label: row.cv.to_dict() for row in rows.values()},
             "comparisons": [comparison.to_dict() for comparison in comparisons],
             "stability": {model: result.to_dict() for model, result in stable.items()},
+            "stage_seconds": lap.seconds,
         },
     )
     return RunResult(
-        rows, chosen, searches, comparisons, stable, report_path, Path(plot_path), model_path, scans, coarse
+        rows,
+        chosen,
+        searches,
+        comparisons,
+        stable,
+        report_path,
+        Path(plot_path),
+        model_path,
+        scans,
+        coarse,
+        lap.seconds,
     )
+
+
+class StageClock:
+    """Wall time per stage of a run: calling it with a stage's name closes that stage. Why: on full R52 a run is
+    hours, and where they went (scans, layer search, model search, test fits) is what decides what to speed up;
+    before, it had to be read off log timestamps."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = round(now - self._start, 1)
+        self._start = now
 
 
 def compare_rows(rows: dict[tuple[str, str], Row], models: list[str]) -> list[Comparison]:
@@ -356,6 +392,7 @@ def format_table(result: RunResult) -> str:
             f"simpler choice kept {len(search.kept_simpler)} time(s) (report.json: kept_simpler)"
         )
     lines += [describe(stage) for stage in result.coarse.values()]
+    lines.append("wall time: " + ", ".join(f"{stage} {seconds:g} s" for stage, seconds in result.stage_seconds.items()))
     for model, stable in result.stability.items():
         counts = ", ".join(f"{layer}: {count}/{len(stable.seeds)}" for layer, count in stable.layer_counts.items())
         lines.append(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -41,6 +42,7 @@ def task_files(tmp_path):
 def test_run_on_user_files_writes_report_plot_and_model(tiny_models, task_files, tmp_path, capsys) -> None:
     train, test = task_files
     out = tmp_path / "run"
+    start = time.perf_counter()
     main(
         [
             "run",
@@ -62,9 +64,16 @@ def test_run_on_user_files_writes_report_plot_and_model(tiny_models, task_files,
             str(out),
         ]
     )
+    elapsed = time.perf_counter() - start
     printed, progress = capsys.readouterr()
     assert "last layer [4]" in printed and "multi-model" in printed
     report = json.loads((out / "report.json").read_text())
+    # Where the time went, stage by stage: most of the command's wall time (the rest: reading files, the plot);
+    # printed as recorded.
+    stages = report["stage_seconds"]
+    assert list(stages) == ["scan", "layer search", "model search", "test fits", "build, check and save"]
+    assert 0.5 * elapsed <= sum(stages.values()) <= elapsed and stages["layer search"] > 0
+    assert "wall time: " + ", ".join(f"{stage} {seconds:g} s" for stage, seconds in stages.items()) in printed
     # The long stretches after the layer searches name themselves (on full R52 they were 18 quiet minutes): one
     # fit per fusion and fold, then the head's fit.
     fusions = [cv for label, cv in report["cv"].items() if label.startswith(("multi-model", "greedy models"))]
@@ -240,6 +249,7 @@ def test_select_with_seeds_reports_how_often_each_layer_is_chosen(tiny_models, t
     one, two = (json.loads((folder / "report.json").read_text()) for folder in (out, parallel))
     assert two["probe"].pop("n_jobs") == 2 and one["probe"].pop("n_jobs") == 1
     assert two.pop("created") and one.pop("created")
+    assert "fold seeds" in two.pop("stage_seconds") and "fold seeds" in one.pop("stage_seconds")  # wall times differ
     assert two == one
 
 
