@@ -247,7 +247,7 @@ def run_task(
         embedder, scans.test if test is not None else scans.train, chosen, test if test is not None else train
     )
     save_classifier(embedder, fused_from_scan(scans.train, chosen), train, settings.probe.seed, model_path)
-    lap("build, check and save")
+    lap("build and save")
     plot_path = plot_layer_curves(
         output_dir / "layer_curves.png",
         {f"{model} ({search.pooling})": search.curves[search.pooling] for model, search in searches.items()},

@@ -71,7 +71,7 @@ def test_run_on_user_files_writes_report_plot_and_model(tiny_models, task_files,
     # Where the time went, stage by stage: most of the command's wall time (the rest: reading files, the plot);
     # printed as recorded.
     stages = report["stage_seconds"]
-    assert list(stages) == ["scan", "layer search", "model search", "test fits", "build, check and save"]
+    assert list(stages) == ["scan", "layer search", "model search", "test fits", "build and save"]
     assert 0.5 * elapsed <= sum(stages.values()) <= elapsed and stages["layer search"] > 0
     assert "wall time: " + ", ".join(f"{stage} {seconds:g} s" for stage, seconds in stages.items()) in printed
     # The long stretches after the layer searches name themselves (on full R52 they were 18 quiet minutes): one
