@@ -69,6 +69,10 @@ def read_record(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"steps": {}}
 
 
+VECTOR_EXTENSIONS = {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_tile"}
+"""The /proc/cpuinfo flags that change which kernels torch and MKL run."""
+
+
 def machine() -> dict:
     """The CPU a step ran on. Why: rescanned on one machine, the vectors agree bit for bit (the SST-2 heads
     refit of 2026-12-07 reproduced every figure of 2026-12-02), while scans recomputed in other sessions differed
@@ -77,10 +81,15 @@ def machine() -> dict:
     import torch  # only here: the other steps' orchestration needs no torch
 
     cpuinfo = Path("/proc/cpuinfo")  # Linux; elsewhere, platform's name for the processor
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    text = cpuinfo.read_text() if cpuinfo.is_file() else ""
+    # keys repeat once per core, with the same values
+    fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in text.splitlines())}
     return {
-        "cpu": names[0] if names else platform.processor() or platform.machine(),
+        "cpu": fields.get("model name") or platform.processor() or platform.machine(),
+        # a model name can be as vague as "AMD EPYC": family and model tell CPU generations apart
+        "cpu_family_model": f"{fields['cpu family']}/{fields['model']}" if "cpu family" in fields else None,
+        "vector_extensions": sorted(set(fields.get("flags", "").split()) & VECTOR_EXTENSIONS),
+        "torch": torch.__version__,
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
 
@@ -88,13 +97,14 @@ def machine() -> dict:
 def record_step(path: Path, fields: dict, name: str, seconds: float) -> dict:
     """Add a finished step's wall time to ``run.json``, read again just before writing: two steps of one dataset
     may run at once (the MTEB step beside the selection's test scoring), and neither may drop the other's."""
+    where = machine()  # before the read: its first call imports torch, and the other process may write meanwhile
     record = read_record(path)
     record.update(fields)
     record["steps"][name] = {
         "seconds": round(seconds, 1),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "load_average_1min": round(os.getloadavg()[0], 2),
-        "machine": machine(),
+        "machine": where,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(record, indent=2) + "\n")  # the other process never reads half a file

@@ -213,7 +213,11 @@ def run_task(
             fused_models[GREEDY_MODELS] = joined_spec(chosen_specs, chosen_models)
         blocks = [fused_from_scan(scans.train, spec) for spec in fused_models.values()]
         together = cross_validate_together(  # both CVs' folds keep both cores busy
-            blocks, labels, settings.probe, progress=f"tuned CV of the {len(blocks)} model fusion(s)"
+            blocks,
+            labels,
+            settings.probe,
+            show_progress_bar=True,
+            description=f"tuned CV of the {len(blocks)} model fusion(s)",
         )
         for (role, spec), cv in zip(fused_models.items(), together, strict=True):
             add_row(role, spec, cv.score)

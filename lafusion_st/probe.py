@@ -354,7 +354,8 @@ def cross_validate_together(
     probe: Probe = "tuned",
     folds: int | None = None,
     splits: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
-    progress: str | None = None,
+    show_progress_bar: bool = False,
+    description: str = "tuned CV",
 ) -> list[CrossValidation]:
     """:func:`cross_validate` of each feature set, on the same folds, with the folds of every set in one pool
     of ``config.n_jobs`` processes; the same fits, so the same results as one call per set.
@@ -363,9 +364,9 @@ def cross_validate_together(
     of one core per fold), and one CV's 5 folds on 2 processes leave one idle while the last fold runs; the
     folds of two CVs keep both busy. For many candidates, :func:`score_many` parallelises over sets instead.
 
-    ``progress``: the description of a progress bar over the fold fits, or ``None`` (default) for none, as
-    :func:`score_many`'s worker processes want. Minutes-long CVs should name themselves: on full R52 the tuned
-    CVs of the model fusions and the saved head's fit were 18 minutes that printed nothing.
+    ``show_progress_bar``: a bar named ``description`` over the fold fits; off by default, as :func:`score_many`'s
+    worker processes want. Minutes-long CVs should show one: on full R52 the tuned CVs of the model fusions and
+    the saved head's fit were 18 minutes that printed nothing.
     """
     check_probe(probe)
     checked = [_as_arrays(features, labels)[0] for features in feature_sets]
@@ -382,7 +383,8 @@ def cross_validate_together(
     )
     count = len(splits)
     fits = Parallel(n_jobs=config.n_jobs, return_as="generator")(jobs)  # in submission order
-    per_fold = list(tqdm(fits, total=len(checked) * count, desc=progress, unit="fit", disable=progress is None))
+    progress = tqdm(fits, total=len(checked) * count, desc=description, unit="fit", disable=not show_progress_bar)
+    per_fold = list(progress)
     return [
         _summarised(per_fold[index * count : (index + 1) * count], labels, splits, features.shape[1], probe)
         for index, features in enumerate(checked)

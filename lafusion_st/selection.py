@@ -526,7 +526,7 @@ def search_layers(
             ``vectors``.
         metric: What is maximised.
         config: Probe settings (both probes).
-        show_progress_bar: Progress bars of the ranking probe.
+        show_progress_bar: Progress bars of the ranking probe's layer scores and of the tuned CVs.
 
     Raises:
         ValueError: No pooling, or poolings whose layer counts differ.
@@ -549,10 +549,15 @@ def search_layers(
         keys = [(pooling, tuple(layers)) for pooling, layers in wanted]
         new = [key for key in dict.fromkeys(keys) if key not in tuned]
         blocks = [_concat_layers(vectors[pooling], list(layers)) for pooling, layers in new]
-        progress = f"tuned CV of {len(new)} choice(s)" if show_progress_bar and new else None
-        tuned.update(
-            zip(new, cross_validate_together(blocks, labels, config, folds=folds, progress=progress), strict=True)
+        validations = cross_validate_together(
+            blocks,
+            labels,
+            config,
+            folds=folds,
+            show_progress_bar=show_progress_bar and bool(new),
+            description=f"tuned CV of {len(new)} candidate(s)",
         )
+        tuned.update(zip(new, validations, strict=True))
         return [tuned[key].score for key in keys]
 
     def rule(challenger: ProbeScore, incumbent: ProbeScore, kind: str, names: tuple[str, str]) -> Decision:

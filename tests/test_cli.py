@@ -68,11 +68,11 @@ def test_run_on_user_files_writes_report_plot_and_model(tiny_models, task_files,
     printed, progress = capsys.readouterr()
     assert "last layer [4]" in printed and "multi-model" in printed
     report = json.loads((out / "report.json").read_text())
-    # Where the time went, stage by stage: most of the command's wall time (the rest: reading files, the plot);
-    # printed as recorded.
+    # Where the time went, stage by stage, within the command's wall time (each stage rounded to 0.1 s); printed
+    # as recorded. The layer search's CVs take seconds even here.
     stages = report["stage_seconds"]
     assert list(stages) == ["scan", "layer search", "model search", "test fits", "build and save"]
-    assert 0.5 * elapsed <= sum(stages.values()) <= elapsed and stages["layer search"] > 0
+    assert sum(stages.values()) <= elapsed + 0.05 * len(stages) and stages["layer search"] > 0
     assert "wall time: " + ", ".join(f"{stage} {seconds:g} s" for stage, seconds in stages.items()) in printed
     # The long stretches after the layer searches name themselves (on full R52 they were 18 quiet minutes): one
     # fit per fusion and fold, then the head's fit.

@@ -85,7 +85,9 @@ def test_cross_validating_sets_together_gives_each_set_its_own_cv(capsys) -> Non
     progress bar, when asked for, counts every set's fold fits."""
     strong, labels = _spread_signal(120, 20, seed=4, strength=0.5)
     weak = _spread_signal(120, 20, seed=5, strength=0.05)[0]
-    together = cross_validate_together([strong, weak], labels, ProbeConfig(folds=4, n_jobs=2), progress="two sets")
+    together = cross_validate_together(
+        [strong, weak], labels, ProbeConfig(folds=4, n_jobs=2), show_progress_bar=True, description="two sets"
+    )
     assert "two sets: 100%|██████████| 8/8 " in capsys.readouterr().err
     for features, result in zip((strong, weak), together, strict=True):
         alone = cross_validate(features, labels, ProbeConfig(folds=4))
