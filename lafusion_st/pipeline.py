@@ -18,12 +18,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from joblib import Parallel, delayed
+from joblib import delayed
 from tqdm.auto import tqdm
 
 from lafusion_st.coarse_to_fine import CoarseScan, describe, scan_task_coarse_to_fine
 from lafusion_st.data import LabeledTexts, check_classification_data
-from lafusion_st.probe import ProbeConfig, ProbeScore, TestScore, cross_validate_together, fit_and_test
+from lafusion_st.probe import (
+    ProbeConfig,
+    ProbeScore,
+    TestScore,
+    cross_validate_together,
+    fit_and_test,
+    run_in_order,
+)
 from lafusion_st.report import plot_layer_curves, write_report
 from lafusion_st.scan import TaskScan, check_reproduces_scan, fused_from_scan, scan_task
 from lafusion_st.selection import (
@@ -433,9 +440,10 @@ def score_on_test(
         )
         for spec in unique
     )
-    scores = Parallel(n_jobs=probe.n_jobs, return_as="generator")(fits)
-    progress = tqdm(scores, total=len(unique), desc=description, unit="fit", disable=not show_progress_bar)
-    return dict(zip(unique, progress, strict=True))
+    scores = run_in_order(
+        fits, probe.n_jobs, total=len(unique), description=description, show_progress_bar=show_progress_bar
+    )
+    return dict(zip(unique, scores, strict=True))
 
 
 def joined_spec(specs: dict[str, EmbedderSpec], models: list[str]) -> EmbedderSpec:

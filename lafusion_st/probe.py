@@ -382,9 +382,9 @@ def cross_validate_together(
         for train_index, test_index in splits
     )
     count = len(splits)
-    fits = Parallel(n_jobs=config.n_jobs, return_as="generator")(jobs)  # in submission order
-    progress = tqdm(fits, total=len(checked) * count, desc=description, unit="fit", disable=not show_progress_bar)
-    per_fold = list(progress)
+    per_fold = run_in_order(
+        jobs, config.n_jobs, total=len(checked) * count, description=description, show_progress_bar=show_progress_bar
+    )
     return [
         _summarised(per_fold[index * count : (index + 1) * count], labels, splits, features.shape[1], probe)
         for index, features in enumerate(checked)
@@ -454,8 +454,25 @@ def score_many(
     splits = stratified_splits(labels, usable_folds(labels, config.folds), config.seed)
     in_worker = replace(config, n_jobs=1)  # the workers are the parallelism: their folds run one after another
     jobs = (delayed(_cv_score)(features, labels, in_worker, probe, splits) for features in feature_sets)
-    results = Parallel(n_jobs=config.n_jobs, return_as="generator")(jobs)
-    return list(tqdm(results, total=total, desc=description, unit="set", disable=not show_progress_bar))
+    return run_in_order(
+        jobs, config.n_jobs, total=total, description=description, unit="set", show_progress_bar=show_progress_bar
+    )
+
+
+def run_in_order(
+    jobs: Iterable,
+    n_jobs: int,
+    *,
+    total: int | None,
+    description: str,
+    unit: str = "fit",
+    show_progress_bar: bool = True,
+) -> list:
+    """The results of joblib ``delayed`` ``jobs`` on ``n_jobs`` processes, in submission order, behind a progress
+    bar that moves as each result arrives: the one parallel loop of the probes' fits (CV folds, candidate sets,
+    test fits)."""
+    results = Parallel(n_jobs=n_jobs, return_as="generator")(jobs)
+    return list(tqdm(results, total=total, desc=description, unit=unit, disable=not show_progress_bar))
 
 
 def layer_scores(
