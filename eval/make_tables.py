@@ -26,12 +26,10 @@ import csv
 import dataclasses
 import json
 import statistics
-import warnings
 from pathlib import Path
 
 from mteb.results import TaskResult
 from runner import REPOSITORY, Configuration, Plan, load_plan, revisions, run_costs, run_evaluations
-from sklearn.exceptions import ConvergenceWarning
 
 from lafusion_st.evaluation import per_text_correctness
 from lafusion_st.mteb_tasks import TASKS
@@ -70,10 +68,6 @@ def main() -> None:
         help="evaluate only; measure the costs in a later run, when the machine is quiet",
     )
     args = parser.parse_args()
-    # MTEB's standard protocol fits LogisticRegression(max_iter=100), which often stops before converging:
-    # that is the protocol, not an error, and one warning per fit would bury the progress lines.
-    warnings.filterwarnings("ignore", category=ConvergenceWarning)
-
     if not args.no_run:
         plan = load_plan(args.config, args.datasets, args.only)
         run_evaluations(plan, overwrite=args.overwrite, workers=args.workers)

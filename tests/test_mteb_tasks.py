@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import warnings
 import zlib
 from importlib import resources
 from pathlib import Path
@@ -14,6 +15,8 @@ import pytest
 from mteb.abstasks.multilabel_classification import AbsTaskMultilabelClassification
 from mteb.abstasks.task_metadata import TaskMetadata
 from mteb.results import TaskResult
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold
 from threadpoolctl import threadpool_info, threadpool_limits
 
@@ -285,6 +288,46 @@ def test_mteb_runs_with_one_blas_thread_and_gives_the_callers_back(tmp_path: Pat
         evaluate_encoder(encoder, get_tasks(["mr"], max_train=20, max_test=10), tmp_path, meta=hashing_meta(encoder))
         after = {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
     assert encoder.blas_threads == {1} and after == {2}
+
+
+class IllConditionedEncoder(HashingEncoder):
+    """Dense vectors whose columns span six orders of magnitude: MTEB's unscaled ``LogisticRegression(max_iter=100)``
+    stops before converging on them, as it does on LLM features."""
+
+    SCALES = np.logspace(-3, 3, DIMENSION)
+
+    def encode(self, sentences, batch_size=32, show_progress_bar=False, convert_to_numpy=True):
+        self.seen.extend(sentences)
+        rows = [np.random.default_rng(zlib.crc32(text.encode())).normal(size=DIMENSION) for text in sentences]
+        return (np.stack(rows) * self.SCALES).astype(np.float32)
+
+
+def test_the_standard_protocols_unconverged_fits_are_not_warned_once_per_fit(tmp_path: Path) -> None:
+    """57 nine-line warnings buried one full SST-2 MTEB step's progress lines; in worker processes a caller's
+    filter did not apply, so evaluate_encoder filters them itself."""
+    encoder = IllConditionedEncoder()
+    texts = load_bundled("mr", "train").texts[:16]
+    with pytest.warns(ConvergenceWarning):  # the premise: the protocol's fit stops at max_iter on such vectors
+        LogisticRegression(max_iter=100).fit(encoder.encode(texts), [0, 1] * 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        evaluate_encoder(encoder, get_tasks(["mr"], max_train=200, max_test=40), tmp_path, meta=hashing_meta(encoder))
+    assert [w for w in caught if issubclass(w.category, ConvergenceWarning)] == []
+    assert next(tmp_path.rglob("MRClassification*.json")).is_file()  # evaluated all the same
+
+
+class TunedProbeStoppedEncoder(HashingEncoder):
+    """Warns as a tuned probe does when it stops at its own iteration cap (300), from inside the evaluation."""
+
+    def encode(self, sentences, **kwargs):
+        warnings.warn("lbfgs failed to converge after 300 iteration(s) (status=1):", ConvergenceWarning, stacklevel=1)
+        return super().encode(sentences, **kwargs)
+
+
+def test_only_the_standard_protocols_iteration_cap_is_filtered(tmp_path: Path) -> None:
+    encoder = TunedProbeStoppedEncoder()
+    with pytest.warns(ConvergenceWarning, match="after 300 iteration"):
+        evaluate_encoder(encoder, get_tasks(["mr"], max_train=20, max_test=10), tmp_path, meta=hashing_meta(encoder))
 
 
 def test_label_set_mismatch_is_a_clear_error_and_writes_nothing(tmp_path: Path) -> None:
