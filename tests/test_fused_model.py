@@ -137,7 +137,8 @@ def test_per_model_settings_must_match_model_count(tiny_models) -> None:
 
 class TestBadInput:
     @pytest.fixture(scope="class")
-    def model(self, tiny_models) -> FusedSentenceTransformer:
+    @classmethod
+    def model(cls, tiny_models) -> FusedSentenceTransformer:
         return build_fused_model(tiny_models["llama"], layers=[1, 2], max_seq_length=6)
 
     def test_empty_list_gives_zero_rows(self, model) -> None:

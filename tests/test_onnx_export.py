@@ -317,7 +317,7 @@ def test_unknown_architecture_names_it_and_the_route(tiny_models, tmp_path):
 
 
 def test_first_module_must_be_a_lafusion_backbone(tiny_models, tmp_path):
-    from sentence_transformers.models import Pooling, Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
     plain = SentenceTransformer(modules=[Transformer(tiny_models["bert"]), Pooling(32)])
     with pytest.raises(ValueError, match="TruncatedTransformer"):

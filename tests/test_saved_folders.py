@@ -23,7 +23,7 @@ from onnx_export import export
 EVIL_MODULE = """
 from pathlib import Path
 Path({marker!r}).write_text("foreign code ran")
-from sentence_transformers.models import Normalize as Evil
+from sentence_transformers.sentence_transformer.modules import Normalize as Evil
 """
 
 
