@@ -322,8 +322,15 @@ def run_evaluations(plan: Plan, overwrite: bool = False, log=print, workers: int
     this step (on full R52 the paper protocol's tuned fits of the fused rows take minutes each), so on a
     2-core machine two configurations at a time use the second core. Each configuration's fits are
     single-threaded whatever the worker count, so its results do not depend on it.
+
+    An embedder that fills two rows of one dataset is evaluated once: its results are filed under its name,
+    not its role, so a second evaluation only redid them (on full MR Gemma3's best single layer is also its
+    fusion, layer 11), and in two processes both wrote the same files at the same time.
     """
-    jobs = (delayed(_evaluate)(plan, configuration, overwrite) for configuration in plan.configurations)
+    distinct: dict[tuple[str, str], Configuration] = {}
+    for configuration in plan.configurations:
+        distinct.setdefault((configuration.dataset, configuration.name), configuration)
+    jobs = (delayed(_evaluate)(plan, configuration, overwrite) for configuration in distinct.values())
     with warnings.catch_warnings():
         # Each configuration loads a model of more than 300 MB, so loky replaces the worker after it, on purpose,
         # and reports that with this generic warning (joblib/joblib#869, fixed in loky#641, not yet released).

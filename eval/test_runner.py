@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import runner
 from runner import REPOSITORY, Configuration, Plan, _poolings, load_plan, run_evaluations
 
 from lafusion_st.spec import EmbedderSpec
@@ -66,6 +67,34 @@ def test_each_model_is_scanned_once_for_every_pooling_its_rows_use() -> None:
     assert _poolings(plan, "mr", "smollm2-135m", 256) == ["last", "mean"]
     assert _poolings(plan, "r8", "gemma3-270m", 256) == ["mean"]
     assert _poolings(plan, "mr", "gemma3-270m", 128) == []  # no row at another token limit
+
+
+def test_an_embedder_that_fills_two_rows_of_a_dataset_is_evaluated_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On full MR Gemma3's best single layer is also its fusion ([11]): the MTEB step evaluated it twice (48 s
+    each), in two worker processes writing the same result files."""
+    chosen, last = EmbedderSpec("gemma3-270m", [11], pooling="last"), EmbedderSpec("gemma3-270m", [18])
+    configurations = (
+        Configuration("mr", "best single layer", chosen.name, spec=chosen),
+        Configuration("mr", "fused layers", chosen.name, spec=chosen),
+        Configuration("mr", "last layer", last.name, spec=last),
+        Configuration("sst2", "fused layers", chosen.name, spec=chosen),  # another dataset: its own results
+    )
+    plan = Plan(tmp_path, ("mr", "sst2"), ("paper",), {}, 0, 8, 8, tmp_path, configurations)
+    evaluated: list[tuple[str, str, str]] = []
+
+    def record(plan: Plan, configuration: Configuration, overwrite: bool) -> str:
+        evaluated.append((configuration.dataset, configuration.role, configuration.name))
+        return "done"
+
+    monkeypatch.setattr(runner, "_evaluate", record)
+    run_evaluations(plan, workers=1, log=lambda line: None)
+    assert evaluated == [
+        ("mr", "best single layer", chosen.name),
+        ("mr", "last layer", last.name),
+        ("sst2", "fused layers", chosen.name),
+    ]
 
 
 @pytest.mark.slow
