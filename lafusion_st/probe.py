@@ -274,10 +274,16 @@ def fit_tuned_probe(
     return probe, float(probe[-1].C_)
 
 
+class SmallClassWarning(UserWarning):
+    """Classes too small for the folds (:func:`usable_folds`). Its own category so that a long run
+    (:func:`~lafusion_st.pipeline.run_task`) can say it once rather than at every cross-validation."""
+
+
 def usable_folds(labels: Sequence, folds: int) -> int:
     """The number of stratified folds ``labels`` allow, at most ``folds``; warns about what it changes.
 
-    See the module docstring for the rules. Warnings are ``UserWarning``s naming the classes concerned.
+    See the module docstring for the rules. The warnings are :class:`SmallClassWarning` (a ``UserWarning``) naming
+    the classes concerned.
 
     Raises:
         ValueError: Fewer than two classes, or every class has a single member.
@@ -293,7 +299,7 @@ def usable_folds(labels: Sequence, folds: int) -> int:
         warnings.warn(
             f"No class has {folds} training examples (the largest has {largest}): using {largest}-fold "
             "cross-validation instead.",
-            UserWarning,
+            SmallClassWarning,
             stacklevel=3,
         )
         folds = largest
@@ -303,7 +309,7 @@ def usable_folds(labels: Sequence, folds: int) -> int:
         warnings.warn(
             f"{len(rare)} class(es) have fewer than {folds} training examples: {shown}. They are missing from "
             "some folds, and a class with one example is always wrong in the fold that tests it.",
-            UserWarning,
+            SmallClassWarning,
             stacklevel=3,
         )
     return folds

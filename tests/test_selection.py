@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 from conftest import hand_made_score
 
-from lafusion_st.probe import ProbeConfig, cross_validate, fit_and_test, layer_scores, usable_folds
+from lafusion_st.data import LabeledTexts
+from lafusion_st.pipeline import run_task
+from lafusion_st.probe import (
+    ProbeConfig,
+    SmallClassWarning,
+    cross_validate,
+    fit_and_test,
+    layer_scores,
+    usable_folds,
+)
 from lafusion_st.report import plot_layer_curves, write_report
 from lafusion_st.selection import (
     best_window,
@@ -22,6 +31,7 @@ from lafusion_st.selection import (
     stability,
     top_k,
 )
+from lafusion_st.spec import RunSettings
 
 N = 240
 FAST = ProbeConfig(folds=4, max_iter=200, Cs=(0.01, 0.1, 1.0))
@@ -93,6 +103,20 @@ def test_rare_classes_are_kept_with_a_warning_naming_them() -> None:
     labels = ["a"] * 20 + ["b"] * 20 + ["tiny"] * 2 + ["single"]
     with pytest.warns(UserWarning, match=r"2 class\(es\) .*'single' \(1\), 'tiny' \(2\)"):
         assert usable_folds(labels, folds=5) == 5
+
+
+def test_a_run_names_the_rare_classes_once(tiny_models, good_or_not, tmp_path, scan_cache_dir) -> None:
+    """On full R52 (9 classes under 5 training texts) run_task said the same two lines at each of its ~15
+    cross-validations; it says them once, and a lone call of usable_folds still says them."""
+    train = LabeledTexts([*good_or_not.texts, "rare one", "rare two"], [*good_or_not.labels, 2, 2])
+    settings = RunSettings(poolings=("mean",), probe=FAST, max_layers=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_task("good", train, None, [tiny_models["llama"]], tmp_path / "run", settings)
+    said = [str(w.message) for w in caught if issubclass(w.category, SmallClassWarning)]
+    assert len(said) == 1 and said[0].startswith("1 class(es) have fewer than 4 training examples: 2 (2).")
+    with pytest.warns(SmallClassWarning):  # outside a run, each call still says it
+        usable_folds(train.labels, FAST.folds)
 
 
 def test_all_singleton_classes_cannot_be_cross_validated() -> None:
