@@ -158,7 +158,7 @@ def run_task(
     check_classification_data(train, test)
     usable_folds(train.labels, settings.probe.folds)  # says once what the class sizes do to the folds ...
     with warnings.catch_warnings():
-        # ... rather than at each of the run's cross-validations (15 times, 30 lines, on full R52)
+        # ... rather than at each of the run's cross-validations (20 times, 40 lines, in full R52's selection step)
         warnings.simplefilter("ignore", SmallClassWarning)
         return _run_task(task, train, test, models, Path(output_dir), settings)
 

@@ -106,7 +106,7 @@ def test_rare_classes_are_kept_with_a_warning_naming_them() -> None:
 
 
 def test_a_run_names_the_rare_classes_once(tiny_models, good_or_not, tmp_path, scan_cache_dir) -> None:
-    """On full R52 (9 classes under 5 training texts) run_task said the same two lines at each of its ~15
+    """On full R52 (9 classes under 5 training texts) run_task said the same two lines at each of its 20
     cross-validations; it says them once, and a lone call of usable_folds still says them."""
     train = LabeledTexts([*good_or_not.texts, "rare one", "rare two"], [*good_or_not.labels, 2, 2])
     settings = RunSettings(poolings=("mean",), probe=FAST, max_layers=2)
