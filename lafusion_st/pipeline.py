@@ -11,9 +11,11 @@ split is only used, at the end, to report the accuracy of configurations already
 from __future__ import annotations
 
 import logging
+import re
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -156,11 +158,25 @@ def run_task(
     """
     settings = settings or RunSettings()
     check_classification_data(train, test)
-    usable_folds(train.labels, settings.probe.folds)  # says once what the class sizes do to the folds ...
-    with warnings.catch_warnings():
-        # ... rather than at each of the run's cross-validations (20 times, 40 lines, in full R52's selection step)
-        warnings.simplefilter("ignore", SmallClassWarning)
+    with small_classes_said_once(train.labels, settings.probe.folds):
         return _run_task(task, train, test, models, Path(output_dir), settings)
+
+
+@contextmanager
+def small_classes_said_once(labels: Sequence, folds: int) -> Iterator[None]:
+    """Say now what the class sizes of ``labels`` do to the folds (:func:`usable_folds`' warnings), and not again
+    inside the block: every cross-validation of a run repeats them (20 times, 40 lines, in full R52's selection
+    step). Only those words are silenced: a different one, e.g. about a coarse-to-fine sample's smaller classes,
+    still shows."""
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always", SmallClassWarning)
+        usable_folds(labels, folds)
+    for warning in said:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    with warnings.catch_warnings():
+        for warning in said:
+            warnings.filterwarnings("ignore", message=re.escape(str(warning.message)), category=SmallClassWarning)
+        yield
 
 
 def _run_task(

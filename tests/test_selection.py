@@ -10,7 +10,7 @@ import pytest
 from conftest import hand_made_score
 
 from lafusion_st.data import LabeledTexts
-from lafusion_st.pipeline import run_task
+from lafusion_st.pipeline import run_task, small_classes_said_once
 from lafusion_st.probe import (
     ProbeConfig,
     SmallClassWarning,
@@ -117,6 +117,15 @@ def test_a_run_names_the_rare_classes_once(tiny_models, good_or_not, tmp_path, s
     assert len(said) == 1 and said[0].startswith("1 class(es) have fewer than 4 training examples: 2 (2).")
     with pytest.warns(SmallClassWarning):  # outside a run, each call still says it
         usable_folds(train.labels, FAST.folds)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        with small_classes_said_once(train.labels, FAST.folds):  # says it on entering
+            usable_folds(train.labels, FAST.folds)  # the same words: not again
+            usable_folds(train.labels[:-1], FAST.folds)  # other words (a class of 1), as a coarse sample's may be
+    assert [str(w.message).split(".")[0] for w in said] == [
+        "1 class(es) have fewer than 4 training examples: 2 (2)",
+        "1 class(es) have fewer than 4 training examples: 2 (1)",
+    ]
 
 
 def test_all_singleton_classes_cannot_be_cross_validated() -> None:
