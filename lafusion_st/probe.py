@@ -60,6 +60,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
+from lafusion_st.fit_cache import cached_fit
 from lafusion_st.stats import Interval, accuracy_interval
 
 Metric = Literal["accuracy", "macro_f1"]
@@ -270,7 +271,7 @@ def fit_tuned_probe(
         ValueError: Fewer than two classes, mismatched shapes or non-finite features.
     """
     features, labels = _as_arrays(features, labels)
-    probe, _ = _fit(features, labels, config, class_weight)
+    probe, _ = _fit(features, labels, config, class_weight, cached=True)
     return probe, float(probe[-1].C_)
 
 
@@ -517,7 +518,7 @@ def fit_and_test(
     train_features, train_labels = _as_arrays(train_features, train_labels)
     test_features, test_labels = _as_arrays(test_features, test_labels)
     _check_widths(train_features, test_features)
-    probe, converged = _fit(train_features, train_labels, config)
+    probe, converged = _fit(train_features, train_labels, config, cached=True)
     return _test_score(probe.predict(test_features), test_labels, len(train_labels), converged, float(probe[-1].C_))
 
 
@@ -628,14 +629,28 @@ def _one_thread_quietly() -> Iterator[None]:
 
 
 def _fit(
-    features: np.ndarray, labels: np.ndarray, config: ProbeConfig, class_weight: ClassWeight = None
+    features: np.ndarray,
+    labels: np.ndarray,
+    config: ProbeConfig,
+    class_weight: ClassWeight = None,
+    *,
+    cached: bool = False,
 ) -> tuple[Pipeline, bool]:
-    """Fit the tuned probe (inner folds lowered to what the classes allow); also whether its fit converged."""
+    """Fit the tuned probe (inner folds lowered to what the classes allow); also whether its fit converged.
+
+    ``cached``: serve and keep the fit in :mod:`lafusion_st.fit_cache`. For fits on a whole training split,
+    which several steps repeat (test score, MTEB paper protocol, saved head); not for a CV's fold fits,
+    which nothing repeats and whose thousands of entries would only fill the disk.
+    """
     counts = _class_counts(labels)
     inner_folds = max(2, min(config.inner_folds, max(counts.values())))
     estimator = tuned_probe(config, inner_folds=inner_folds, class_weight=class_weight)
-    with _one_thread_quietly():
-        fitted = estimator.fit(features, labels)
+
+    def fit(unfitted: Pipeline) -> Pipeline:
+        with _one_thread_quietly():
+            return unfitted.fit(features, labels)
+
+    fitted = cached_fit(estimator, features, labels, fit) if cached else fit(estimator)
     classifier = fitted[-1]  # the path's iterations at the chosen C (sklearn keeps none of the refit)
     at_chosen = classifier.n_iter_[..., np.flatnonzero(classifier.Cs_ == classifier.C_)]
     return fitted, bool(np.all(at_chosen < config.max_iter))

@@ -1,0 +1,285 @@
+"""Fitted tuned probes kept on disk by what they were fit on, so that no step fits the same probe twice.
+
+Why: one configuration's tuned probe, fit on a whole training split, is needed by several steps: its test
+score in ``lafusion run`` and ``eval/selection_runs.py``, the MTEB paper protocol (the same fit by
+construction: the split's own rows and the scan's own vectors), and the :class:`~lafusion_st.LogisticHead`
+of the heads table. On full R52 one such fit is 1 to 6 minutes of one core, and the MTEB and heads steps
+spent about 20 of their 30 minutes refitting what the selection step had fit.
+
+The key is content, not names: the exact feature bytes (dtype and shape too), the labels' class codes, every
+setting of the unfitted estimator, and the scikit-learn version. A hit is therefore the fit that would have
+been computed, attribute for attribute; a changed vector, label, setting or library refits.
+
+Layout, one entry per key (under :func:`default_fit_cache_dir`)::
+
+    <digest>.safetensors   every learned array of each step ("scale.mean_", "classify.coef_", ...)
+    <digest>.json          sidecar, written last: format, what the key was made of, the learned scalars, the
+                           data file's sha256
+    <digest>.lock          held while a process fits or reads the entry
+
+Only safetensors and JSON are read, never pickle, and only attribute names a fit produces (``name_``) on
+the steps the estimator has are set. An entry found corrupt is warned about, removed and refit. Set
+``LAFUSION_FIT_CACHE=off`` to neither read nor write it; a cache folder that cannot be written is used
+read-only, with one warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sklearn
+from filelock import FileLock
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+from sklearn.base import BaseEstimator, clone
+from sklearn.pipeline import Pipeline
+
+from lafusion_st.files import atomic_path, cache_root, file_sha256, read_json_object, write_text_atomic
+
+FORMAT, FORMAT_VERSION = "lafusion-fit", 1
+SWITCH_ENV = "LAFUSION_FIT_CACHE"
+"""``off`` (or ``0``, ``false``, ``no``) disables the fit cache."""
+
+_LEARNED_NAME = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*_")
+"""What scikit-learn names a learned attribute (``coef_``, ``n_iter_``, ``Cs_`` lower-cased): the only names
+an entry may set."""
+
+
+class FitCacheWarning(UserWarning):
+    """A cached fit was unreadable, or the cache could not be written; the probe is (re)fit."""
+
+
+class CorruptFitError(ValueError):
+    """An entry that exists but is not what its sidecar says: the only reason a reader removes one."""
+
+
+def default_fit_cache_dir() -> Path:
+    """``fits/`` under :func:`lafusion_st.files.cache_root` (``$LAFUSION_CACHE/fits`` or ``~/.cache/lafusion/fits``)."""
+    return cache_root() / "fits"
+
+
+def fit_cache_enabled() -> bool:
+    return os.environ.get(SWITCH_ENV, "").strip().lower() not in ("off", "0", "false", "no")
+
+
+@dataclass(frozen=True)
+class FitKey:
+    """Everything a deterministic fit depends on: equal keys give equal fitted estimators.
+
+    Attributes:
+        features_sha256: sha256 of the feature matrix's bytes (C order).
+        shape: Its ``[rows, columns]``.
+        dtype: Its dtype (float32 and float64 fits differ).
+        codes_sha256: sha256 of the labels' class codes (``np.unique``'s inverse): scikit-learn fits on
+            those, so ``["neg", "pos", ...]`` and ``[0, 1, ...]`` in the same pattern are one fit.
+        classes: The number of classes.
+        settings: Every parameter of the unfitted estimator (:func:`estimator_settings`).
+        sklearn: The scikit-learn version.
+    """
+
+    features_sha256: str
+    shape: tuple[int, ...]
+    dtype: str
+    codes_sha256: str
+    classes: int
+    settings: str
+    sklearn: str
+
+    @classmethod
+    def of(cls, estimator: BaseEstimator, features: np.ndarray, labels: np.ndarray) -> FitKey:
+        features = np.ascontiguousarray(features)
+        classes, codes = np.unique(labels, return_inverse=True)
+        return cls(
+            features_sha256=hashlib.sha256(features.data).hexdigest(),
+            shape=tuple(features.shape),
+            dtype=features.dtype.str,
+            codes_sha256=hashlib.sha256(np.ascontiguousarray(codes, dtype="<i8").data).hexdigest(),
+            classes=len(classes),
+            settings=estimator_settings(estimator),
+            sklearn=sklearn.__version__,
+        )
+
+    def fields(self) -> dict[str, Any]:
+        return {**asdict(self), "shape": list(self.shape)}
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.fields(), sort_keys=True).encode()).hexdigest()[:32]
+
+
+def estimator_settings(estimator: BaseEstimator) -> str:
+    """Every parameter of ``estimator``, nested ones included, as sorted ``name=repr`` lines, with each
+    step's class. Why not scikit-learn's ``repr``: it lists changed parameters only and cuts long ones
+    (a 52-class ``class_weight``) with ``...``, so two settings could print alike."""
+    params = estimator.get_params(deep=True)
+    lines = [f"{name}={value!r}" for name, value in sorted(params.items()) if not _is_estimator_slot(name, value)]
+    steps = [type(step).__qualname__ for _, step in estimator.steps] if isinstance(estimator, Pipeline) else []
+    return "\n".join([f"class={type(estimator).__qualname__}{steps}", *lines])
+
+
+def _is_estimator_slot(name: str, value: Any) -> bool:
+    """A parameter holding a whole step (``steps``, ``scale``...): its own parameters are listed one by one."""
+    return name == "steps" or isinstance(value, BaseEstimator)
+
+
+def cached_fit(
+    estimator: Pipeline,
+    features: np.ndarray,
+    labels: np.ndarray,
+    fit: Callable[[Pipeline], Pipeline],
+    cache_dir: Path | None = None,
+) -> Pipeline:
+    """``estimator`` fitted on ``features`` and ``labels``: read from the cache, else ``fit(estimator)`` stored.
+
+    Args:
+        estimator: The unfitted pipeline (not modified on a hit: a restored clone is returned).
+        features: ``[N, D]`` training features, exactly as ``fit`` sees them.
+        labels: ``N`` labels, exactly as ``fit`` sees them.
+        fit: Fits the estimator it is given and returns it (the caller's thread and warning settings).
+        cache_dir: Default :func:`default_fit_cache_dir`.
+    """
+    if not fit_cache_enabled():
+        return fit(estimator)
+    entry = FitCacheEntry(cache_dir or default_fit_cache_dir(), FitKey.of(estimator, features, labels))
+    try:
+        lock = entry.lock()
+        lock.acquire()
+    except OSError:  # a cache this process may not write: serve what is there, store nothing
+        found = entry.load(estimator, labels)
+        return found if found is not None else fit(estimator)
+    try:
+        found = entry.load(estimator, labels)
+        if found is not None:
+            return found
+        fitted = fit(estimator)
+        entry.store(fitted)
+        return fitted
+    finally:
+        lock.release()
+
+
+class FitCacheEntry:
+    """The files of one cached fit."""
+
+    def __init__(self, cache_dir: Path, key: FitKey) -> None:
+        stem = Path(cache_dir) / key.digest
+        self.key = key
+        self.data_file = stem.with_suffix(".safetensors")
+        self.sidecar_file = stem.with_suffix(".json")
+        self.lock_file = stem.with_suffix(".lock")
+
+    def lock(self) -> FileLock:
+        self.lock_file.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.lock_file))
+
+    def load(self, estimator: Pipeline, labels: np.ndarray) -> Pipeline | None:
+        """A clone of ``estimator`` carrying the stored fit, or ``None`` if absent; a corrupt entry is warned
+        about, removed and ``None``."""
+        if not self.sidecar_file.is_file():
+            return None
+        try:
+            sidecar = read_json_object(self.sidecar_file, CorruptFitError)
+            if sidecar.get("format") != FORMAT or sidecar.get("format_version") != FORMAT_VERSION:
+                raise CorruptFitError(f"format {sidecar.get('format')!r} {sidecar.get('format_version')!r}")
+            if sidecar.get("key") != self.key.fields():
+                raise CorruptFitError("its key differs from the one asked for")
+            if not self.data_file.is_file() or file_sha256(self.data_file) != sidecar.get("sha256"):
+                raise CorruptFitError(f"{self.data_file.name} is missing or fails its checksum")
+            return _restored(estimator, labels, _read_arrays(self.data_file), sidecar.get("scalars"))
+        except CorruptFitError as error:
+            warnings.warn(
+                f"Fit cache entry {self.sidecar_file} is unusable ({error}); fitting again.",
+                FitCacheWarning,
+                stacklevel=4,
+            )
+            self.sidecar_file.unlink(missing_ok=True)
+            self.data_file.unlink(missing_ok=True)
+            return None
+
+    def store(self, fitted: Pipeline) -> None:
+        """Write the learned attributes, then the sidecar; a folder that cannot be written, or an attribute
+        of a kind it cannot hold (a future scikit-learn's), only warns."""
+        try:
+            arrays, scalars = _learned(fitted)
+            with atomic_path(self.data_file) as temporary:
+                save_file(arrays, str(temporary))
+            sidecar = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "key": self.key.fields(),
+                "scalars": scalars,
+                "sha256": file_sha256(self.data_file),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+            write_text_atomic(self.sidecar_file, json.dumps(sidecar, indent=1))
+        except (OSError, TypeError) as error:
+            warnings.warn(f"Could not store a fit in {self.data_file.parent} ({error}).", FitCacheWarning, stacklevel=4)
+
+
+def _learned(fitted: Pipeline) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Every learned attribute of each step but ``classes_`` (the labels give it back): arrays for
+    safetensors, Python and NumPy scalars for JSON (``{"dtype": ..., "value": ...}`` for NumPy ones)."""
+    arrays: dict[str, np.ndarray] = {}
+    scalars: dict[str, Any] = {}
+    for step_name, step in fitted.steps:
+        for name, value in vars(step).items():
+            if not name.endswith("_") or name.startswith("_") or name == "classes_":
+                continue
+            slot = f"{step_name}.{name}"
+            if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+                arrays[slot] = np.ascontiguousarray(value)
+            elif isinstance(value, np.generic) and value.dtype.kind in "biuf":
+                scalars[slot] = {"dtype": value.dtype.str, "value": value.item()}
+            elif isinstance(value, bool | int | float):
+                scalars[slot] = value
+            else:
+                raise TypeError(f"{slot} is a {type(value).__name__}; the fit cache stores arrays and numbers only.")
+    return arrays, scalars
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with safe_open(str(path), framework="np") as handle:
+            return {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
+    except SafetensorError as error:
+        raise CorruptFitError(f"{path.name} is not readable safetensors: {error}") from error
+
+
+def _restored(estimator: Pipeline, labels: np.ndarray, arrays: dict[str, np.ndarray], scalars: Any) -> Pipeline:
+    """A clone of ``estimator`` with the stored attributes set, and ``classes_`` from ``labels``, as a fit sets it."""
+    if not isinstance(scalars, dict):
+        raise CorruptFitError("its scalars are not a JSON object")
+    restored = clone(estimator)
+    steps = dict(restored.steps)
+    values: dict[str, Any] = dict(arrays)
+    for slot, value in scalars.items():
+        if isinstance(value, dict):
+            try:
+                value = np.array(value["value"], dtype=np.dtype(value["dtype"]))[()]
+            except (KeyError, TypeError, ValueError) as error:
+                raise CorruptFitError(f"scalar {slot} is {value!r}") from error
+        elif not isinstance(value, bool | int | float):
+            raise CorruptFitError(f"scalar {slot} is {value!r}")
+        values[slot] = value
+    for slot, value in values.items():
+        step_name, _, name = slot.partition(".")
+        if step_name not in steps or not _LEARNED_NAME.fullmatch(name.lower()):
+            raise CorruptFitError(f"{slot!r} is not a learned attribute of this estimator's steps")
+        setattr(steps[step_name], name, value)
+    last = restored.steps[-1][1]
+    coef = getattr(last, "coef_", None)
+    classes = np.unique(labels)
+    if coef is None or coef.shape[0] not in (len(classes), 1 if len(classes) == 2 else -1):
+        raise CorruptFitError("its coefficients do not match the classes")
+    last.classes_ = classes
+    return restored
