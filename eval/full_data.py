@@ -21,7 +21,9 @@ its choices (``report.json``) restarts at its test scoring, so a run that stoppe
 command. The MTEB and heads steps read only the choices (``report.json``), so once a selection has written
 them, ``--steps mteb heads`` can run beside the selection step's test scoring (not beside a selection that is
 still choosing: they would read the old report). Nothing depends on a scan cache being there: a
-missing scan is recomputed (that is what makes a step slow, not wrong). The wall time of each step, the CPU it
+missing scan is recomputed (that is what makes a step slow, not wrong). The same holds for the fit cache
+(``lafusion_st.fit_cache``), through which the MTEB paper protocol and the heads' logistic rows read the tuned
+fits the selection's test scoring made instead of fitting them again. The wall time of each step, the CPU it
 ran on and the settings are written to ``eval/full/DATASET/run.json``; commit ``eval/full``,
 ``eval/results_full`` and eval/RESULTS.md when it ends.
 """

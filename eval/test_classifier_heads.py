@@ -39,3 +39,31 @@ def test_features_follow_the_pooling_the_selection_chose(tmp_path) -> None:
     assert chosen("mr", "gemma3-270m", tmp_path) == ([6], "mean")  # written before pooling was searched
     with pytest.raises(SystemExit, match=r"no selection for minilm-l6 \(it has \['gemma3-270m', 'smollm2-135m'\]\)"):
         chosen("mr", "minilm-l6", tmp_path)
+
+
+def test_a_logistic_head_read_from_the_fit_cache_reports_the_fits_own_time(tmp_path, monkeypatch) -> None:
+    """On full R52 the heads' logistic rows are the selection's test fits, read from the fit cache: the table
+    must show what that fit cost, marked, not the milliseconds of the read."""
+    from classifier_heads import CACHED, CACHED_NOTE, table
+
+    from lafusion_st.fit_cache import SWITCH_ENV, default_fit_cache_dir
+    from lafusion_st.probe import fit_and_test
+
+    monkeypatch.setenv("LAFUSION_CACHE", str(tmp_path))
+    monkeypatch.setenv(SWITCH_ENV, "on")
+    rng = np.random.default_rng(1)
+    y = np.arange(400) % 3
+    X = (rng.normal(size=(400, 12)) + y[:, None] * 0.4).astype(np.float32)
+    fit_and_test(X[:300], y[:300], X[300:], y[300:])  # the selection's test fit
+    (sidecar,) = default_fit_cache_dir().glob("*.json")
+    stored_seconds, stored_cpu = json.loads(sidecar.read_text())["fit_seconds"]
+    (row,) = _compare([evaluate("logistic", LogisticHead(), X[:300], y[:300], X[300:], y[300:], (12,))])
+    assert row["fit_read_from_cache"] and stored_seconds <= row["fit_seconds"] < stored_seconds + 0.5
+    assert stored_cpu <= row["fit_cpu_seconds"]
+    (fresh,) = _compare([evaluate("C=1", LogisticHead(C=1.0), X[:300], y[:300], X[300:], y[300:], (12,))])
+    assert not fresh["fit_read_from_cache"]
+    for each in (row, fresh):
+        each.update(dataset="toy", mcnemar_p_holm=None)
+    lines = table([row, fresh]).splitlines()
+    assert lines[2].endswith(f"s{CACHED} |") and lines[3].endswith(" s |") and lines[-1] == CACHED_NOTE
+    assert CACHED_NOTE not in table([fresh])

@@ -36,7 +36,7 @@ from mteb.models import ModelMeta
 from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ScoringFunction
 from sentence_transformers import SentenceTransformer
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import ConvergenceWarning, UndefinedMetricWarning
 from threadpoolctl import threadpool_limits
 
 from lafusion_st.modes import BATCH_SIZE
@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 
 STANDARD_PROTOCOL_STOPPED = f"lbfgs failed to converge after {AbsTaskClassification.evaluator_model.max_iter} iteration"
 """Start of scikit-learn's warning when MTEB's standard-protocol classifier stops at MTEB's iteration cap."""
+NEVER_PREDICTED = "Precision is ill-defined and being set to 0.0 in labels with no predicted samples"
+"""Start of scikit-learn's warning when MTEB's macro precision meets a class its classifier never predicted."""
 
 __all__ = [
     "CachedEncoder",
@@ -327,6 +329,9 @@ def evaluate_encoder(
         # fits, because a filter set by a caller does not reach worker processes (eval/runner.py); only that
         # iteration cap's, so a tuned probe (the paper protocol) that stops at its own cap is still reported.
         warnings.filterwarnings("ignore", message=STANDARD_PROTOCOL_STOPPED, category=ConvergenceWarning)
+        # MTEB's scores include macro precision; a class no fit predicted counts as 0 there, which is its
+        # definition, not a fault, and on R52 (52 topics) the two-line warning came 52 times in one MTEB step.
+        warnings.filterwarnings("ignore", message=NEVER_PREDICTED, category=UndefinedMetricWarning)
         return mteb.evaluate(
             MTEBEncoder(encoder, meta),
             task_objects,

@@ -3,8 +3,8 @@
 Why: one configuration's tuned probe, fit on a whole training split, is needed by several steps: its test
 score in ``lafusion run`` and ``eval/selection_runs.py``, the MTEB paper protocol (the same fit by
 construction: the split's own rows and the scan's own vectors), and the :class:`~lafusion_st.LogisticHead`
-of the heads table. On full R52 one such fit is 1 to 6 minutes of one core, and the MTEB and heads steps
-spent about 20 of their 30 minutes refitting what the selection step had fit.
+of the heads table. On full R52 one such fit is 1 to 5 minutes of one core, and the MTEB and heads steps
+took 34 minutes refitting what the selection step had fit, 23 reading it (eval/full/r52/rerun_fresh_machine.json).
 
 The key is content, not names: the exact feature bytes (dtype and shape too), the labels' class codes, every
 setting of the unfitted estimator, and the scikit-learn version. A hit is therefore the fit that would have
@@ -14,7 +14,7 @@ Layout, one entry per key (under :func:`default_fit_cache_dir`)::
 
     <digest>.safetensors   every learned array of each step ("scale.mean_", "classify.coef_", ...)
     <digest>.json          sidecar, written last: format, what the key was made of, the learned scalars, the
-                           data file's sha256
+                           fit's wall and CPU seconds, the data file's sha256
     <digest>.lock          held while a process fits or reads the entry
 
 Only safetensors and JSON are read, never pickle, and only attribute names a fit produces (``name_``) on
@@ -29,8 +29,11 @@ import hashlib
 import json
 import os
 import re
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,7 +49,8 @@ from sklearn.pipeline import Pipeline
 
 from lafusion_st.files import atomic_path, cache_root, file_sha256, read_json_object, write_text_atomic
 
-FORMAT, FORMAT_VERSION = "lafusion-fit", 1
+FORMAT, FORMAT_VERSION = "lafusion-fit", 2
+"""History: 1 = first; 2 = the sidecar records the fit's wall and CPU seconds (``fit_seconds``)."""
 SWITCH_ENV = "LAFUSION_FIT_CACHE"
 """``off`` (or ``0``, ``false``, ``no``) disables the fit cache."""
 
@@ -132,6 +136,31 @@ def _is_estimator_slot(name: str, value: Any) -> bool:
     return name == "steps" or isinstance(value, BaseEstimator)
 
 
+@dataclass(frozen=True)
+class FitEvent:
+    """One fit :func:`cached_fit` gave: read from the cache or computed, and what the fit itself cost (when
+    read, as measured when it was computed)."""
+
+    cached: bool
+    seconds: float
+    cpu_seconds: float
+
+
+_EVENTS: ContextVar[list[FitEvent] | None] = ContextVar("lafusion_fit_events", default=None)
+
+
+@contextmanager
+def fit_events() -> Iterator[list[FitEvent]]:
+    """The fits made or read inside the block, in order. Why: a caller that reports what a fit costs (the
+    heads table's fit time) must not report the milliseconds of a read as the time of a fit."""
+    events: list[FitEvent] = []
+    token = _EVENTS.set(events)
+    try:
+        yield events
+    finally:
+        _EVENTS.reset(token)
+
+
 def cached_fit(
     estimator: Pipeline,
     features: np.ndarray,
@@ -149,23 +178,37 @@ def cached_fit(
         cache_dir: Default :func:`default_fit_cache_dir`.
     """
     if not fit_cache_enabled():
-        return fit(estimator)
+        return _timed(fit, estimator)[0]
     entry = FitCacheEntry(cache_dir or default_fit_cache_dir(), FitKey.of(estimator, features, labels))
     try:
         lock = entry.lock()
         lock.acquire()
     except OSError:  # a cache this process may not write: serve what is there, store nothing
         found = entry.load(estimator, labels)
-        return found if found is not None else fit(estimator)
+        return found if found is not None else _timed(fit, estimator)[0]
     try:
         found = entry.load(estimator, labels)
         if found is not None:
             return found
-        fitted = fit(estimator)
-        entry.store(fitted)
+        fitted, event = _timed(fit, estimator)
+        entry.store(fitted, event)
         return fitted
     finally:
         lock.release()
+
+
+def _timed(fit: Callable[[Pipeline], Pipeline], estimator: Pipeline) -> tuple[Pipeline, FitEvent]:
+    start, cpu = time.perf_counter(), time.process_time()
+    fitted = fit(estimator)
+    event = FitEvent(cached=False, seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu)
+    _record(event)
+    return fitted, event
+
+
+def _record(event: FitEvent) -> None:
+    events = _EVENTS.get()
+    if events is not None:
+        events.append(event)
 
 
 class FitCacheEntry:
@@ -189,13 +232,18 @@ class FitCacheEntry:
             return None
         try:
             sidecar = read_json_object(self.sidecar_file, CorruptFitError)
-            if sidecar.get("format") != FORMAT or sidecar.get("format_version") != FORMAT_VERSION:
-                raise CorruptFitError(f"format {sidecar.get('format')!r} {sidecar.get('format_version')!r}")
+            if sidecar.get("format") != FORMAT:
+                raise CorruptFitError(f"format {sidecar.get('format')!r}")
+            if sidecar.get("format_version") != FORMAT_VERSION:
+                return None  # written by another lafusion: not damage; refit, and the new entry replaces it
             if sidecar.get("key") != self.key.fields():
                 raise CorruptFitError("its key differs from the one asked for")
             if not self.data_file.is_file() or file_sha256(self.data_file) != sidecar.get("sha256"):
                 raise CorruptFitError(f"{self.data_file.name} is missing or fails its checksum")
-            return _restored(estimator, labels, _read_arrays(self.data_file), sidecar.get("scalars"))
+            restored = _restored(estimator, labels, _read_arrays(self.data_file), sidecar.get("scalars"))
+            cost = sidecar.get("fit_seconds")
+            if not (isinstance(cost, list) and len(cost) == 2 and all(isinstance(x, int | float) for x in cost)):
+                raise CorruptFitError(f"fit_seconds is {cost!r}")
         except CorruptFitError as error:
             warnings.warn(
                 f"Fit cache entry {self.sidecar_file} is unusable ({error}); fitting again.",
@@ -205,8 +253,10 @@ class FitCacheEntry:
             self.sidecar_file.unlink(missing_ok=True)
             self.data_file.unlink(missing_ok=True)
             return None
+        _record(FitEvent(cached=True, seconds=float(cost[0]), cpu_seconds=float(cost[1])))
+        return restored
 
-    def store(self, fitted: Pipeline) -> None:
+    def store(self, fitted: Pipeline, event: FitEvent) -> None:
         """Write the learned attributes, then the sidecar; a folder that cannot be written, or an attribute
         of a kind it cannot hold (a future scikit-learn's), only warns."""
         try:
@@ -218,6 +268,7 @@ class FitCacheEntry:
                 "format_version": FORMAT_VERSION,
                 "key": self.key.fields(),
                 "scalars": scalars,
+                "fit_seconds": [round(event.seconds, 3), round(event.cpu_seconds, 3)],  # wall, CPU
                 "sha256": file_sha256(self.data_file),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }

@@ -260,7 +260,8 @@ def fit_tuned_probe(
     """Fit the tuned probe on ``features`` and ``labels`` (training data only) and return it with its ``C``.
 
     :class:`lafusion_st.LogisticHead` (``C=None``) is this fit, kept as a classifier; ``class_weight`` is
-    passed on to :func:`tuned_probe`.
+    passed on to :func:`tuned_probe`. Served from, and kept in, the fit cache (:mod:`lafusion_st.fit_cache`):
+    the same features, labels and settings are fit once.
 
     Returns:
         The fitted ``Pipeline[StandardScaler, LogisticRegressionCV]`` (``LogisticRegressionCV`` is a
@@ -514,7 +515,8 @@ def fit_and_test(
     config: ProbeConfig = ProbeConfig(),
 ) -> TestScore:
     """Train the tuned probe on the full training split and score it on the test split: the final report
-    number for a configuration chosen by cross-validation. Test labels unseen in training count as errors."""
+    number for a configuration chosen by cross-validation. Test labels unseen in training count as errors.
+    The fit goes through the fit cache, as :func:`fit_tuned_probe`'s does."""
     train_features, train_labels = _as_arrays(train_features, train_labels)
     test_features, test_labels = _as_arrays(test_features, test_labels)
     _check_widths(train_features, test_features)

@@ -15,12 +15,12 @@ import pytest
 from mteb.abstasks.multilabel_classification import AbsTaskMultilabelClassification
 from mteb.abstasks.task_metadata import TaskMetadata
 from mteb.results import TaskResult
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import ConvergenceWarning, UndefinedMetricWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from lafusion_st import build_fused_model
+from lafusion_st import build_fused_model, evaluation
 from lafusion_st.data import LabeledTexts, load_bundled
 from lafusion_st.evaluation import (
     CachedEncoder,
@@ -328,6 +328,27 @@ def test_only_the_standard_protocols_iteration_cap_is_filtered(tmp_path: Path) -
     encoder = TunedProbeStoppedEncoder()
     with pytest.warns(ConvergenceWarning, match="after 300 iteration"):
         evaluate_encoder(encoder, get_tasks(["mr"], max_train=20, max_test=10), tmp_path, meta=hashing_meta(encoder))
+
+
+def test_mtebs_precision_of_a_never_predicted_class_is_not_warned_once_per_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On R52 (52 topics, a few of them rare) MTEB's macro precision met a class no fit predicted 52 times in one
+    full MTEB step, each a two-line warning between the progress lines; it counts as 0, as documented."""
+    encoder = HashingEncoder()
+    tasks = get_tasks(["r52"], max_train=120, max_test=60)
+
+    def warned(folder: Path) -> list[warnings.WarningMessage]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            evaluate_encoder(encoder, tasks, folder, meta=hashing_meta(encoder))
+        return [w for w in caught if issubclass(w.category, UndefinedMetricWarning)]
+
+    monkeypatch.setattr(evaluation, "NEVER_PREDICTED", "a message sklearn never writes")
+    assert warned(tmp_path / "unfiltered")  # the premise: this task meets it
+    monkeypatch.undo()
+    assert warned(tmp_path / "filtered") == []
+    assert next((tmp_path / "filtered").rglob("R52Classification*.json")).is_file()
 
 
 def test_label_set_mismatch_is_a_clear_error_and_writes_nothing(tmp_path: Path) -> None:
