@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import WORDS, hand_made_score
 
+from conftest import WORDS, hand_made_score
 from lafusion_st.cli import build_parser, main
 from lafusion_st.coarse_to_fine import coarse_candidates, coarse_scan, scan_task_coarse_to_fine
 from lafusion_st.data import LabeledTexts

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import torch
-from conftest import SENTENCES
 
+from conftest import SENTENCES
 from lafusion_st import build_fused_model
 from lafusion_st.distributed import RayOptions, check_reachable, connect, require_ray
 from lafusion_st.embed_files import embed_file

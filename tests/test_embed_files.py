@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import SENTENCES
 
+from conftest import SENTENCES
 from lafusion_st import build_fused_model
 from lafusion_st.embed_files import MANIFEST, embed_file, shard_ranges
 from lafusion_st.errors import DataFormatError, MissingFileError

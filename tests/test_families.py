@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import MORE_DECODER_FAMILIES, SENTENCES, reference_embeddings
 
+from conftest import MORE_DECODER_FAMILIES, SENTENCES, reference_embeddings
 from lafusion_st import build_fused_model
 from onnx_export import ORTFusedEncoder, export
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import sentence_transformers
 import torch
-from conftest import DECODER_FAMILIES, NUM_LAYERS, SENTENCES, reference_embeddings
 from safetensors import safe_open
 from sentence_transformers import SentenceTransformer
 
+from conftest import DECODER_FAMILIES, NUM_LAYERS, SENTENCES, reference_embeddings
 from lafusion_st import FusedSentenceTransformer, build_fused_model
 from lafusion_st.modules import TruncatedTransformer, truncated_transformer
 from lafusion_st.pooling import POOLING_MODES

@@ -19,10 +19,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import DECODER_FAMILIES, SENTENCES
 from sentence_transformers import SentenceTransformer
 from transformers import MambaConfig, MambaModel
 
+from conftest import DECODER_FAMILIES, SENTENCES
 from lafusion_st import build_fused_model
 from lafusion_st.fusion import FUSION_MODES, fuse
 from lafusion_st.modules import TruncatedTransformer

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SENTENCES
 from safetensors import safe_open
 
+from conftest import SENTENCES
 from lafusion_st import FusedSentenceTransformer, build_fused_model
 from lafusion_st import precision as precision_module
 from lafusion_st.modes import DTYPES

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import SENTENCES
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModel, AutoTokenizer
 
+from conftest import SENTENCES
 from lafusion_st import FusedSentenceTransformer, build_fused_model, resolve_model
 from lafusion_st.pooling import pool
 

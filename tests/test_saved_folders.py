@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SENTENCES
 
+from conftest import SENTENCES
 from lafusion_st import FusedSentenceTransformer, build_fused_model
 from lafusion_st.cli import main as cli_main
 from lafusion_st.errors import InvalidArgumentError

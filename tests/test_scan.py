@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SENTENCES
 
+from conftest import SENTENCES
 from lafusion_st import build_fused_model, scan_cache
 from lafusion_st.fusion import fuse
 from lafusion_st.modules import TruncatedTransformer

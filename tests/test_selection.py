@@ -7,8 +7,8 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import hand_made_score
 
+from conftest import hand_made_score
 from lafusion_st.data import LabeledTexts
 from lafusion_st.pipeline import run_task, small_classes_said_once
 from lafusion_st.probe import (
