@@ -151,8 +151,9 @@ def _compare(group: list[dict]) -> list[dict]:
 
 CACHED = " (cached)"
 CACHED_NOTE = (
-    f"Fit times marked{CACHED}: the tuned logistic fit was made once, by the selection step's test scoring on the same"
-    " vectors, and read here from the fit cache (lafusion_st.fit_cache); the time shown is that fit's."
+    f"Fit times marked{CACHED}: the tuned logistic fit was made once, by an earlier step on the same vectors (in"
+    " eval/full_data.py, the selection step's test scoring), and read here from the fit cache"
+    " (lafusion_st.fit_cache); the time shown is that fit's."
 )
 
 

@@ -3,8 +3,8 @@
 Why: one configuration's tuned probe, fit on a whole training split, is needed by several steps: its test
 score in ``lafusion run`` and ``eval/selection_runs.py``, the MTEB paper protocol (the same fit by
 construction: the split's own rows and the scan's own vectors), and the :class:`~lafusion_st.LogisticHead`
-of the heads table. On full R52 one such fit is 1 to 5 minutes of one core, and the MTEB and heads steps
-took 34 minutes refitting what the selection step had fit, 23 reading it (eval/full/r52/rerun_fresh_machine.json).
+of the heads table. On full R52 one such fit is 1 to 5 minutes of one core; the MTEB and heads steps took 34
+minutes when they refit what the selection step had fit, 23 when they read it (eval/full/r52/rerun_fresh_machine.json).
 
 The key is content, not names: the exact feature bytes (dtype and shape too), the labels' class codes, every
 setting of the unfitted estimator, and the scikit-learn version. A hit is therefore the fit that would have
@@ -13,8 +13,9 @@ been computed, attribute for attribute; a changed vector, label, setting or libr
 Layout, one entry per key (under :func:`default_fit_cache_dir`)::
 
     <digest>.safetensors   every learned array of each step ("scale.mean_", "classify.coef_", ...)
-    <digest>.json          sidecar, written last: format, what the key was made of, the learned scalars, the
-                           fit's wall and CPU seconds, the data file's sha256
+    <digest>.json          sidecar, written last: format, what the key was made of, the learned scalars and
+                           the list of attributes, the fit's wall and CPU seconds, the data file's sha256 and
+                           its own
     <digest>.lock          held while a process fits or reads the entry
 
 Only safetensors and JSON are read, never pickle, and only attribute names a fit produces (``name_``) on
@@ -32,14 +33,16 @@ import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy
 import sklearn
 from filelock import FileLock
 from safetensors import SafetensorError, safe_open
@@ -50,7 +53,8 @@ from sklearn.pipeline import Pipeline
 from lafusion_st.files import atomic_path, cache_root, file_sha256, read_json_object, write_text_atomic
 
 FORMAT, FORMAT_VERSION = "lafusion-fit", 2
-"""History: 1 = first; 2 = the sidecar records the fit's wall and CPU seconds (``fit_seconds``)."""
+"""History: 1 = first; 2 = the sidecar records the fit's wall and CPU seconds (``fit_seconds``).
+Entries of another version are refit and replaced (the key's fields changed too: another digest)."""
 SWITCH_ENV = "LAFUSION_FIT_CACHE"
 """``off`` (or ``0``, ``false``, ``no``) disables the fit cache."""
 
@@ -87,8 +91,11 @@ class FitKey:
         codes_sha256: sha256 of the labels' class codes (``np.unique``'s inverse): scikit-learn fits on
             those, so ``["neg", "pos", ...]`` and ``[0, 1, ...]`` in the same pattern are one fit.
         classes: The number of classes.
+        class_names: The classes themselves, only when a parameter is a dict (a ``class_weight`` keyed by
+            label: ``{"b": 10}`` weighs another class of ``a, b`` than of ``b, c``); else empty, so that names
+            and codes share an entry.
         settings: Every parameter of the unfitted estimator (:func:`estimator_settings`).
-        sklearn: The scikit-learn version.
+        libraries: The scikit-learn, SciPy (its L-BFGS) and NumPy versions.
     """
 
     features_sha256: str
@@ -96,21 +103,26 @@ class FitKey:
     dtype: str
     codes_sha256: str
     classes: int
+    class_names: str
     settings: str
-    sklearn: str
+    libraries: str
 
     @classmethod
     def of(cls, estimator: BaseEstimator, features: np.ndarray, labels: np.ndarray) -> FitKey:
-        features = np.ascontiguousarray(features)
+        """The key of fitting ``estimator`` on ``features`` (C-contiguous: the caller fits exactly these bytes)."""
+        if not features.flags.c_contiguous:
+            raise ValueError("The fit cache keys C-contiguous features; pass np.ascontiguousarray(features).")
         classes, codes = np.unique(labels, return_inverse=True)
+        params = estimator.get_params(deep=True).values()
         return cls(
             features_sha256=hashlib.sha256(features.data).hexdigest(),
             shape=tuple(features.shape),
             dtype=features.dtype.str,
             codes_sha256=hashlib.sha256(np.ascontiguousarray(codes, dtype="<i8").data).hexdigest(),
             classes=len(classes),
+            class_names=repr(classes.tolist()) if any(isinstance(value, dict) for value in params) else "",
             settings=estimator_settings(estimator),
-            sklearn=sklearn.__version__,
+            libraries=f"scikit-learn {sklearn.__version__}, scipy {scipy.__version__}, numpy {np.__version__}",
         )
 
     def fields(self) -> dict[str, Any]:
@@ -183,7 +195,8 @@ def cached_fit(
     try:
         lock = entry.lock()
         lock.acquire()
-    except OSError:  # a cache this process may not write: serve what is there, store nothing
+    except OSError as error:  # a cache this process may not write: serve what is there, store nothing
+        _warn_read_only(entry.lock_file.parent, str(error))
         found = entry.load(estimator, labels)
         return found if found is not None else _timed(fit, estimator)[0]
     try:
@@ -195,6 +208,13 @@ def cached_fit(
         return fitted
     finally:
         lock.release()
+
+
+@cache
+def _warn_read_only(folder: Path, reason: str) -> None:
+    """Once per folder and reason: a read-only cache is read, not written."""
+    message = f"The fit cache {folder} cannot be written ({reason}); reading it only."
+    warnings.warn(message, FitCacheWarning, stacklevel=4)
 
 
 def _timed(fit: Callable[[Pipeline], Pipeline], estimator: Pipeline) -> tuple[Pipeline, FitEvent]:
@@ -236,11 +256,20 @@ class FitCacheEntry:
                 raise CorruptFitError(f"format {sidecar.get('format')!r}")
             if sidecar.get("format_version") != FORMAT_VERSION:
                 return None  # written by another lafusion: not damage; refit, and the new entry replaces it
+            if sidecar.get("sidecar_sha256") != sidecar_checksum(sidecar):
+                raise CorruptFitError("the sidecar fails its checksum (edited or damaged)")
             if sidecar.get("key") != self.key.fields():
                 raise CorruptFitError("its key differs from the one asked for")
             if not self.data_file.is_file() or file_sha256(self.data_file) != sidecar.get("sha256"):
                 raise CorruptFitError(f"{self.data_file.name} is missing or fails its checksum")
-            restored = _restored(estimator, labels, _read_arrays(self.data_file), sidecar.get("scalars"))
+            arrays = _read_arrays(self.data_file)
+            slots, present = sidecar.get("slots"), sorted([*arrays, *(sidecar.get("scalars") or {})])
+            if not isinstance(slots, list) or sorted(map(str, slots)) != present:
+                raise CorruptFitError("its attributes are not the ones it lists")
+            try:
+                restored = _restored(estimator, labels, arrays, sidecar.get("scalars"))
+            except (AttributeError, TypeError, ValueError) as error:  # e.g. an array of another shape
+                raise CorruptFitError(f"its attributes do not make a fitted estimator: {error}") from error
             cost = sidecar.get("fit_seconds")
             if not (isinstance(cost, list) and len(cost) == 2 and all(isinstance(x, int | float) for x in cost)):
                 raise CorruptFitError(f"fit_seconds is {cost!r}")
@@ -250,8 +279,9 @@ class FitCacheEntry:
                 FitCacheWarning,
                 stacklevel=4,
             )
-            self.sidecar_file.unlink(missing_ok=True)
-            self.data_file.unlink(missing_ok=True)
+            with suppress(OSError):  # a read-only cache keeps it; this process refits all the same
+                self.sidecar_file.unlink(missing_ok=True)
+                self.data_file.unlink(missing_ok=True)
             return None
         _record(FitEvent(cached=True, seconds=float(cost[0]), cpu_seconds=float(cost[1])))
         return restored
@@ -268,13 +298,22 @@ class FitCacheEntry:
                 "format_version": FORMAT_VERSION,
                 "key": self.key.fields(),
                 "scalars": scalars,
+                "slots": sorted([*arrays, *scalars]),
                 "fit_seconds": [round(event.seconds, 3), round(event.cpu_seconds, 3)],  # wall, CPU
                 "sha256": file_sha256(self.data_file),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
+            sidecar["sidecar_sha256"] = sidecar_checksum(sidecar)
             write_text_atomic(self.sidecar_file, json.dumps(sidecar, indent=1))
         except (OSError, TypeError) as error:
             warnings.warn(f"Could not store a fit in {self.data_file.parent} ({error}).", FitCacheWarning, stacklevel=4)
+
+
+def sidecar_checksum(sidecar: dict[str, Any]) -> str:
+    """sha256 of a sidecar's fields but its own checksum: the learned scalars (``C_``...) live in the sidecar,
+    outside the data file's checksum, and an edited one must not be served."""
+    body = {name: value for name, value in sidecar.items() if name != "sidecar_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _learned(fitted: Pipeline) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -316,7 +355,10 @@ def _restored(estimator: Pipeline, labels: np.ndarray, arrays: dict[str, np.ndar
     for slot, value in scalars.items():
         if isinstance(value, dict):
             try:
-                value = np.array(value["value"], dtype=np.dtype(value["dtype"]))[()]
+                dtype = np.dtype(value["dtype"])
+                if dtype.kind not in "biuf":
+                    raise TypeError(f"dtype {dtype} is not numeric")
+                value = np.array(value["value"], dtype=dtype)[()]
             except (KeyError, TypeError, ValueError) as error:
                 raise CorruptFitError(f"scalar {slot} is {value!r}") from error
         elif not isinstance(value, bool | int | float):
@@ -328,9 +370,10 @@ def _restored(estimator: Pipeline, labels: np.ndarray, arrays: dict[str, np.ndar
             raise CorruptFitError(f"{slot!r} is not a learned attribute of this estimator's steps")
         setattr(steps[step_name], name, value)
     last = restored.steps[-1][1]
-    coef = getattr(last, "coef_", None)
     classes = np.unique(labels)
-    if coef is None or coef.shape[0] not in (len(classes), 1 if len(classes) == 2 else -1):
+    rows = 1 if len(classes) == 2 else len(classes)  # scikit-learn's binary logistic regression has one row
+    coef = getattr(last, "coef_", None)
+    if not isinstance(coef, np.ndarray) or coef.shape[0] != rows:
         raise CorruptFitError("its coefficients do not match the classes")
     last.classes_ = classes
     return restored

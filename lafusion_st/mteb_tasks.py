@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import warnings
 from collections.abc import Sequence
 from functools import cache
 from typing import ClassVar
@@ -38,11 +39,12 @@ from mteb.abstasks.classification import AbsTaskClassification
 from mteb.abstasks.multilabel_classification import AbsTaskMultilabelClassification
 from mteb.abstasks.task_metadata import TaskMetadata
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import Pipeline
 
 from lafusion_st.data import LabeledTexts, load_bundled
 from lafusion_st.modes import PROTOCOLS, Protocol
-from lafusion_st.probe import ProbeConfig, fit_tuned_probe, tuned_probe
+from lafusion_st.probe import ProbeConfig, converged, fit_tuned_probe, tuned_probe
 
 __all__ = [
     "PROTOCOLS",
@@ -74,8 +76,17 @@ class PaperProbe(ClassifierMixin, BaseEstimator):
         self.config = config
 
     def fit(self, X: np.ndarray, y: Sequence) -> PaperProbe:
+        """Fit on MTEB's training rows; warns, as the plain pipeline did, when the fit stops at ``max_iter``
+        (:func:`fit_tuned_probe` fits quietly: a CV reports it in its scores instead)."""
         self.pipeline_, self.C_ = fit_tuned_probe(X, y, self.config)
         self.classes_ = self.pipeline_.classes_
+        if not converged(self.pipeline_, self.config.max_iter):
+            warnings.warn(
+                f"lbfgs failed to converge after {self.config.max_iter} iterations at the chosen C = {self.C_:g}: "
+                "the paper protocol's score is that of an unconverged probe.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:

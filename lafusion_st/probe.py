@@ -647,15 +647,23 @@ def _fit(
     counts = _class_counts(labels)
     inner_folds = max(2, min(config.inner_folds, max(counts.values())))
     estimator = tuned_probe(config, inner_folds=inner_folds, class_weight=class_weight)
+    if cached:  # the cache keys C-ordered bytes: fit exactly those (another layout moves the last bits)
+        features = np.ascontiguousarray(features)
 
     def fit(unfitted: Pipeline) -> Pipeline:
         with _one_thread_quietly():
             return unfitted.fit(features, labels)
 
     fitted = cached_fit(estimator, features, labels, fit) if cached else fit(estimator)
-    classifier = fitted[-1]  # the path's iterations at the chosen C (sklearn keeps none of the refit)
+    return fitted, converged(fitted, config.max_iter)
+
+
+def converged(fitted: Pipeline, max_iter: int) -> bool:
+    """Whether a fitted tuned probe's inner-CV fits at its chosen ``C`` stopped before ``max_iter`` (scikit-learn
+    keeps no iteration count of the refit)."""
+    classifier = fitted[-1]
     at_chosen = classifier.n_iter_[..., np.flatnonzero(classifier.Cs_ == classifier.C_)]
-    return fitted, bool(np.all(at_chosen < config.max_iter))
+    return bool(np.all(at_chosen < max_iter))
 
 
 def _as_arrays(features: np.ndarray, labels: Sequence) -> tuple[np.ndarray, np.ndarray]:

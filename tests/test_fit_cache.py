@@ -14,7 +14,14 @@ import pytest
 from sklearn.linear_model import LogisticRegressionCV
 from sklearn.pipeline import Pipeline
 
-from lafusion_st.fit_cache import SWITCH_ENV, FitCacheWarning, cached_fit, default_fit_cache_dir, fit_events
+from lafusion_st.fit_cache import (
+    SWITCH_ENV,
+    FitCacheWarning,
+    cached_fit,
+    default_fit_cache_dir,
+    fit_events,
+    sidecar_checksum,
+)
 from lafusion_st.heads import LogisticHead
 from lafusion_st.mteb_tasks import SST2Classification, task_variant
 from lafusion_st.probe import ProbeConfig, fit_and_test, fit_tuned_probe, tuned_probe
@@ -113,8 +120,9 @@ def test_class_names_or_their_codes_are_one_fit_and_the_head_reads_the_runs(fit_
     train, labels, test, test_labels = noisy_task()
     score = fit_and_test(train, labels, test, test_labels)
     assert len(entries(fit_cache)) == 1
-    head = LogisticHead().fit(train, labels)
-    assert len(entries(fit_cache)) == 1
+    with fit_events() as events:
+        head = LogisticHead().fit(train, labels)
+    assert [event.cached for event in events] == [True] and len(entries(fit_cache)) == 1
     assert head.C_ == score.C
     np.testing.assert_array_equal(head.predict(test) == test_labels, score.correct)
     codes, _ = fit_tuned_probe(train, np.unique(labels, return_inverse=True)[1])
@@ -154,24 +162,35 @@ def test_a_broken_or_tampered_entry_is_refit_not_served(fit_cache: Path) -> None
     fresh, _ = fit_tuned_probe(train, labels)
     (sidecar,) = entries(fit_cache)
     data = sidecar.with_suffix(".safetensors")
+    stored = json.loads(sidecar.read_text())
+
+    def refit_after(warning: str) -> None:
+        with pytest.warns(FitCacheWarning, match=warning):
+            refit, _ = fit_tuned_probe(train, labels)
+        assert_same_fit(fresh, refit)
+        np.testing.assert_array_equal(refit.predict(test), fresh.predict(test))
+        assert len(entries(fit_cache)) == 1  # removed and stored again
+
+    def rewrite(change, resign: bool = True) -> None:
+        """An edit of the sidecar; ``resign``: a deliberate one that also recomputes its checksum."""
+        document = json.loads(json.dumps(stored))
+        change(document)
+        if resign:
+            document["sidecar_sha256"] = sidecar_checksum(document)
+        sidecar.write_text(json.dumps(document))
 
     data.write_bytes(data.read_bytes()[:-8])  # truncated
-    with pytest.warns(FitCacheWarning, match="fails its checksum"):
-        refit, _ = fit_tuned_probe(train, labels)
-    assert_same_fit(fresh, refit)
-
-    document = json.loads(sidecar.read_text())
-    document["scalars"]["classify.fit"] = 1  # not a learned attribute: would replace the method
-    sidecar.write_text(json.dumps(document))
-    with pytest.warns(FitCacheWarning, match="not a learned attribute"):
-        refit, _ = fit_tuned_probe(train, labels)
-    assert_same_fit(fresh, refit)
-    np.testing.assert_array_equal(refit.predict(test), fresh.predict(test))
-
+    refit_after("fails its checksum")
+    rewrite(lambda d: d["scalars"].update({"classify.C_": 1.0}), resign=False)  # another C, served as C_
+    refit_after("the sidecar fails its checksum")
+    rewrite(lambda d: (d["scalars"].update({"classify.fit": 1}), d["slots"].append("classify.fit")))
+    refit_after("not a learned attribute")  # would replace the method
+    rewrite(lambda d: d["scalars"].update({"classify.extra_": 1}))
+    refit_after("not the ones it lists")
+    rewrite(lambda d: d["scalars"].update({"classify.C_": {"dtype": "<U3", "value": "abc"}}))
+    refit_after("scalar classify.C_")
     sidecar.write_text("{not json")
-    with pytest.warns(FitCacheWarning, match="not valid JSON"):
-        fit_tuned_probe(train, labels)
-    assert len(entries(fit_cache)) == 1  # each time removed and stored again
+    refit_after("not valid JSON")
 
 
 def test_off_switch_neither_reads_nor_writes(fit_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -204,3 +223,31 @@ def test_fit_events_tell_a_read_from_a_fit_and_carry_the_fits_own_cost(fit_cache
     assert [event.cached for event in made + read] == [False, True]
     assert made[0].seconds > 0 and read[0].seconds == pytest.approx(made[0].seconds, abs=1e-3)  # to the ms
     assert read[0].cpu_seconds == pytest.approx(made[0].cpu_seconds, abs=1e-3)
+
+
+def test_a_class_weight_keyed_by_label_keys_the_class_names_too(fit_cache: Path) -> None:
+    """``{"b": 10}`` weighs the second class of ``a, b, c, d``, the first of ``b, c, d, e``: same codes, other fits."""
+    train, codes, _, _ = noisy_task()
+    first = np.array([{"acq": "a", "crude": "b", "earn": "c", "trade": "d"}[label] for label in codes])
+    second = np.array([{"acq": "b", "crude": "c", "earn": "d", "trade": "e"}[label] for label in codes])
+    calls: list[int] = []
+    weight = {"b": 10.0, "c": 1.0}
+    a = cached_fit(tuned_probe(class_weight=weight), train, first, counting(calls, train, first))
+    b = cached_fit(tuned_probe(class_weight=weight), train, second, counting(calls, train, second))
+    assert len(calls) == 2 and not np.array_equal(a[-1].coef_, b[-1].coef_)
+    cached_fit(tuned_probe(), train, first, counting(calls, train, first))
+    cached_fit(tuned_probe(), train, second, counting(calls, train, second))  # unweighted: names do not matter
+    assert len(calls) == 3
+
+
+def test_the_paper_protocol_still_says_when_its_fit_stops_at_max_iter(fit_cache: Path) -> None:
+    """fit_tuned_probe fits quietly (a CV reports convergence in its scores); MTEB's fit must still warn."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    from lafusion_st.mteb_tasks import PaperProbe
+
+    train, labels, _, _ = noisy_task()
+    with pytest.warns(ConvergenceWarning, match="after 2 iterations"):
+        PaperProbe(ProbeConfig(max_iter=2)).fit(train, labels)
+    with pytest.warns(ConvergenceWarning, match="after 2 iterations"):  # read from the cache: said again
+        PaperProbe(ProbeConfig(max_iter=2)).fit(train, labels)
