@@ -317,15 +317,20 @@ def sidecar_checksum(sidecar: dict[str, Any]) -> str:
 
 
 def _learned(fitted: Pipeline) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Every learned attribute of each step but ``classes_`` (the labels give it back): arrays for
-    safetensors, Python and NumPy scalars for JSON (``{"dtype": ..., "value": ...}`` for NumPy ones)."""
+    """Every attribute the fit set on each step (those its unfitted clone lacks) but ``classes_`` (the labels
+    give it back): arrays for safetensors, Python and NumPy scalars for JSON (``{"dtype": ..., "value": ...}``
+    for NumPy ones). ``TypeError`` for one it cannot store, a private one included: an entry without it would
+    not be the fit."""
     arrays: dict[str, np.ndarray] = {}
     scalars: dict[str, Any] = {}
     for step_name, step in fitted.steps:
+        unfitted = vars(clone(step))
         for name, value in vars(step).items():
-            if not name.endswith("_") or name.startswith("_") or name == "classes_":
+            if name in unfitted or name == "classes_":
                 continue
             slot = f"{step_name}.{name}"
+            if not _LEARNED_NAME.fullmatch(name.lower()):
+                raise TypeError(f"{slot} is not a public learned attribute; the fit cache cannot restore it.")
             if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
                 arrays[slot] = np.ascontiguousarray(value)
             elif isinstance(value, np.generic) and value.dtype.kind in "biuf":

@@ -251,3 +251,22 @@ def test_the_paper_protocol_still_says_when_its_fit_stops_at_max_iter(fit_cache:
         PaperProbe(ProbeConfig(max_iter=2)).fit(train, labels)
     with pytest.warns(ConvergenceWarning, match="after 2 iterations"):  # read from the cache: said again
         PaperProbe(ProbeConfig(max_iter=2)).fit(train, labels)
+
+
+def test_a_fit_with_an_attribute_the_cache_cannot_restore_is_not_stored(
+    fit_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A future scikit-learn may set a private or non-numeric attribute in fit: an entry without it would not be
+    the fit, so nothing is stored (with a warning) and the fit is returned as made."""
+    train, labels, _, _ = noisy_task()
+    real_fit = LogisticRegressionCV.fit
+
+    def fit_with_private_state(self, *args, **kwargs):
+        fitted = real_fit(self, *args, **kwargs)
+        fitted._solver_state = {"warm": True}
+        return fitted
+
+    monkeypatch.setattr(LogisticRegressionCV, "fit", fit_with_private_state)
+    with pytest.warns(FitCacheWarning, match="_solver_state is not a public learned attribute"):
+        fitted, _ = fit_tuned_probe(train, labels)
+    assert fitted[-1]._solver_state == {"warm": True} and entries(fit_cache) == []
