@@ -7,8 +7,8 @@ of the heads table. On full R52 one such fit is 1 to 5 minutes of one core; the 
 minutes when they refit what the selection step had fit, 23 when they read it (eval/full/r52/rerun_fresh_machine.json).
 
 The key is content, not names: the exact feature bytes (dtype and shape too), the labels' class codes, every
-setting of the unfitted estimator, and the scikit-learn version. A hit is therefore the fit that would have
-been computed, attribute for attribute; a changed vector, label, setting or library refits.
+setting of the unfitted estimator, and the scikit-learn, SciPy and NumPy versions. A hit is therefore the fit
+that would have been computed, attribute for attribute; a changed vector, label, setting or library refits.
 
 Layout, one entry per key (under :func:`default_fit_cache_dir`)::
 
@@ -42,15 +42,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.numpy
 import scipy
 import sklearn
 from filelock import FileLock
-from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
+from safetensors import SafetensorError
 from sklearn.base import BaseEstimator, clone
 from sklearn.pipeline import Pipeline
 
-from lafusion_st.files import atomic_path, cache_root, file_sha256, read_json_object, write_text_atomic
+from lafusion_st.files import atomic_path, cache_root, read_json_object, write_text_atomic
 
 FORMAT, FORMAT_VERSION = "lafusion-fit", 2
 """History: 1 = first; 2 = the sidecar records the fit's wall and CPU seconds (``fit_seconds``).
@@ -260,9 +260,10 @@ class FitCacheEntry:
                 raise CorruptFitError("the sidecar fails its checksum (edited or damaged)")
             if sidecar.get("key") != self.key.fields():
                 raise CorruptFitError("its key differs from the one asked for")
-            if not self.data_file.is_file() or file_sha256(self.data_file) != sidecar.get("sha256"):
+            data = self.data_file.read_bytes() if self.data_file.is_file() else b""
+            if hashlib.sha256(data).hexdigest() != sidecar.get("sha256"):
                 raise CorruptFitError(f"{self.data_file.name} is missing or fails its checksum")
-            arrays = _read_arrays(self.data_file)
+            arrays = _read_arrays(data)
             slots, present = sidecar.get("slots"), sorted([*arrays, *(sidecar.get("scalars") or {})])
             if not isinstance(slots, list) or sorted(map(str, slots)) != present:
                 raise CorruptFitError("its attributes are not the ones it lists")
@@ -291,8 +292,9 @@ class FitCacheEntry:
         of a kind it cannot hold (a future scikit-learn's), only warns."""
         try:
             arrays, scalars = _learned(fitted)
+            data = safetensors.numpy.save(arrays)
             with atomic_path(self.data_file) as temporary:
-                save_file(arrays, str(temporary))
+                temporary.write_bytes(data)
             sidecar = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
@@ -300,7 +302,7 @@ class FitCacheEntry:
                 "scalars": scalars,
                 "slots": sorted([*arrays, *scalars]),
                 "fit_seconds": [round(event.seconds, 3), round(event.cpu_seconds, 3)],  # wall, CPU
-                "sha256": file_sha256(self.data_file),
+                "sha256": hashlib.sha256(data).hexdigest(),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
             sidecar["sidecar_sha256"] = sidecar_checksum(sidecar)
@@ -342,12 +344,12 @@ def _learned(fitted: Pipeline) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return arrays, scalars
 
 
-def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+def _read_arrays(data: bytes) -> dict[str, np.ndarray]:
+    """The arrays of a data file already read (once: its checksum was taken from the same bytes)."""
     try:
-        with safe_open(str(path), framework="np") as handle:
-            return {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
+        return safetensors.numpy.load(data)
     except SafetensorError as error:
-        raise CorruptFitError(f"{path.name} is not readable safetensors: {error}") from error
+        raise CorruptFitError(f"the data file is not readable safetensors: {error}") from error
 
 
 def _restored(estimator: Pipeline, labels: np.ndarray, arrays: dict[str, np.ndarray], scalars: Any) -> Pipeline:
