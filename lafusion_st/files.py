@@ -25,6 +25,11 @@ _BLOCK = 1 << 20
 CACHE_ENV = "LAFUSION_CACHE"
 
 
+class CorruptEntryError(ValueError):
+    """A cache file that exists but is not what its entry says (scans, fits): the only reason a reader removes
+    an entry."""
+
+
 def cache_root() -> Path:
     """The lafusion cache root: ``$LAFUSION_CACHE`` if set, else ``~/.cache/lafusion``.
 

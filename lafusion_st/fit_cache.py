@@ -50,7 +50,7 @@ from safetensors import SafetensorError
 from sklearn.base import BaseEstimator, clone
 from sklearn.pipeline import Pipeline
 
-from lafusion_st.files import atomic_path, cache_root, read_json_object, write_text_atomic
+from lafusion_st.files import CorruptEntryError, atomic_path, cache_root, read_json_object, write_text_atomic
 
 FORMAT, FORMAT_VERSION = "lafusion-fit", 2
 """History: 1 = first; 2 = the sidecar records the fit's wall and CPU seconds (``fit_seconds``).
@@ -65,10 +65,6 @@ an entry may set."""
 
 class FitCacheWarning(UserWarning):
     """A cached fit was unreadable, or the cache could not be written; the probe is (re)fit."""
-
-
-class CorruptFitError(ValueError):
-    """An entry that exists but is not what its sidecar says: the only reason a reader removes one."""
 
 
 def default_fit_cache_dir() -> Path:
@@ -251,30 +247,30 @@ class FitCacheEntry:
         if not self.sidecar_file.is_file():
             return None
         try:
-            sidecar = read_json_object(self.sidecar_file, CorruptFitError)
+            sidecar = read_json_object(self.sidecar_file, CorruptEntryError)
             if sidecar.get("format") != FORMAT:
-                raise CorruptFitError(f"format {sidecar.get('format')!r}")
+                raise CorruptEntryError(f"format {sidecar.get('format')!r}")
             if sidecar.get("format_version") != FORMAT_VERSION:
                 return None  # written by another lafusion: not damage; refit, and the new entry replaces it
             if sidecar.get("sidecar_sha256") != sidecar_checksum(sidecar):
-                raise CorruptFitError("the sidecar fails its checksum (edited or damaged)")
+                raise CorruptEntryError("the sidecar fails its checksum (edited or damaged)")
             if sidecar.get("key") != self.key.fields():
-                raise CorruptFitError("its key differs from the one asked for")
+                raise CorruptEntryError("its key differs from the one asked for")
             data = self.data_file.read_bytes() if self.data_file.is_file() else b""
             if hashlib.sha256(data).hexdigest() != sidecar.get("sha256"):
-                raise CorruptFitError(f"{self.data_file.name} is missing or fails its checksum")
+                raise CorruptEntryError(f"{self.data_file.name} is missing or fails its checksum")
             arrays = _read_arrays(data)
             slots, present = sidecar.get("slots"), sorted([*arrays, *(sidecar.get("scalars") or {})])
             if not isinstance(slots, list) or sorted(map(str, slots)) != present:
-                raise CorruptFitError("its attributes are not the ones it lists")
+                raise CorruptEntryError("its attributes are not the ones it lists")
             try:
                 restored = _restored(estimator, labels, arrays, sidecar.get("scalars"))
             except (AttributeError, TypeError, ValueError) as error:  # e.g. an array of another shape
-                raise CorruptFitError(f"its attributes do not make a fitted estimator: {error}") from error
+                raise CorruptEntryError(f"its attributes do not make a fitted estimator: {error}") from error
             cost = sidecar.get("fit_seconds")
             if not (isinstance(cost, list) and len(cost) == 2 and all(isinstance(x, int | float) for x in cost)):
-                raise CorruptFitError(f"fit_seconds is {cost!r}")
-        except CorruptFitError as error:
+                raise CorruptEntryError(f"fit_seconds is {cost!r}")
+        except CorruptEntryError as error:
             warnings.warn(
                 f"Fit cache entry {self.sidecar_file} is unusable ({error}); fitting again.",
                 FitCacheWarning,
@@ -349,13 +345,13 @@ def _read_arrays(data: bytes) -> dict[str, np.ndarray]:
     try:
         return safetensors.numpy.load(data)
     except SafetensorError as error:
-        raise CorruptFitError(f"the data file is not readable safetensors: {error}") from error
+        raise CorruptEntryError(f"the data file is not readable safetensors: {error}") from error
 
 
 def _restored(estimator: Pipeline, labels: np.ndarray, arrays: dict[str, np.ndarray], scalars: Any) -> Pipeline:
     """A clone of ``estimator`` with the stored attributes set, and ``classes_`` from ``labels``, as a fit sets it."""
     if not isinstance(scalars, dict):
-        raise CorruptFitError("its scalars are not a JSON object")
+        raise CorruptEntryError("its scalars are not a JSON object")
     restored = clone(estimator)
     steps = dict(restored.steps)
     values: dict[str, Any] = dict(arrays)
@@ -367,20 +363,20 @@ def _restored(estimator: Pipeline, labels: np.ndarray, arrays: dict[str, np.ndar
                     raise TypeError(f"dtype {dtype} is not numeric")
                 value = np.array(value["value"], dtype=dtype)[()]
             except (KeyError, TypeError, ValueError) as error:
-                raise CorruptFitError(f"scalar {slot} is {value!r}") from error
+                raise CorruptEntryError(f"scalar {slot} is {value!r}") from error
         elif not isinstance(value, bool | int | float):
-            raise CorruptFitError(f"scalar {slot} is {value!r}")
+            raise CorruptEntryError(f"scalar {slot} is {value!r}")
         values[slot] = value
     for slot, value in values.items():
         step_name, _, name = slot.partition(".")
         if step_name not in steps or not _LEARNED_NAME.fullmatch(name.lower()):
-            raise CorruptFitError(f"{slot!r} is not a learned attribute of this estimator's steps")
+            raise CorruptEntryError(f"{slot!r} is not a learned attribute of this estimator's steps")
         setattr(steps[step_name], name, value)
     last = restored.steps[-1][1]
     classes = np.unique(labels)
     rows = 1 if len(classes) == 2 else len(classes)  # scikit-learn's binary logistic regression has one row
     coef = getattr(last, "coef_", None)
     if not isinstance(coef, np.ndarray) or coef.shape[0] != rows:
-        raise CorruptFitError("its coefficients do not match the classes")
+        raise CorruptEntryError("its coefficients do not match the classes")
     last.classes_ = classes
     return restored

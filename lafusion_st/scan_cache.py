@@ -37,7 +37,14 @@ from filelock import FileLock
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from lafusion_st.files import atomic_path, cache_root, file_sha256, read_json_object, write_text_atomic
+from lafusion_st.files import (
+    CorruptEntryError,
+    atomic_path,
+    cache_root,
+    file_sha256,
+    read_json_object,
+    write_text_atomic,
+)
 
 VECTOR_RULES = 2
 """Version of how lafusion turns texts into scanned vectors (tokenization rules such as the empty-text and
@@ -56,10 +63,6 @@ class ScanCacheWarning(UserWarning):
 
 class ScanVersionWarning(UserWarning):
     """A cached scan was computed under other torch/transformers versions; it is served as stored."""
-
-
-class CorruptEntryError(ValueError):
-    """A cache file that exists but is not what its entry says: the only reason a reader removes an entry."""
 
 
 @dataclass(frozen=True)
