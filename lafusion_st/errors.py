@@ -29,6 +29,11 @@ class MissingFileError(LafusionError, FileNotFoundError):
     """A file or folder the user named does not exist or is incomplete."""
 
 
+class UnwritableCacheError(LafusionError, PermissionError):
+    """A cache folder lafusion must store a result in (a scan missing from it) but may not write: a shared
+    read-only folder or mount. Reading what such a cache holds needs no writing."""
+
+
 class UnknownModelError(MissingFileError, KeyError):
     """A model name that is neither a short name, a local folder nor a cached hub id (a ``KeyError`` too,
     since the short names are a registry's keys)."""

@@ -1,10 +1,11 @@
-"""File helpers shared by every cache and output writer: the cache root, atomic writes, file hashes, versioned
-JSON.
+"""File helpers shared by every cache and output writer: the cache root, cache entries' locks and removal,
+atomic writes, file hashes, versioned JSON.
 
 Why one place: the scan cache, the reports and the ONNX manifest each wrote files "atomically" and hashed
 files in their own way (and one used a per-process temporary name that two threads, or two processes
 sharing a PID namespace, could collide on); the spec file, the head config and the two ONNX manifests each
-checked their ``format``/``format_version`` with their own copy of the same code. Standard library only, so
+checked their ``format``/``format_version`` with their own copy of the same code; the scan and fit caches
+each handled a read-only cache folder in their own (differently incomplete) way. Standard library only, so
 the ONNX encoder can import it where torch is absent.
 """
 
@@ -15,11 +16,14 @@ import json
 import os
 import tempfile
 from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lafusion_st.errors import InvalidArgumentError, LafusionError, MissingFileError
+
+if TYPE_CHECKING:
+    from filelock import BaseFileLock
 
 _BLOCK = 1 << 20
 CACHE_ENV = "LAFUSION_CACHE"
@@ -28,6 +32,42 @@ CACHE_ENV = "LAFUSION_CACHE"
 class CorruptEntryError(ValueError):
     """A cache file that exists but is not what its entry says (scans, fits): the only reason a reader removes
     an entry."""
+
+
+@contextmanager
+def entry_lock(lock: BaseFileLock) -> Iterator[OSError | None]:
+    """Hold a cache entry's inter-process lock for the block; yield ``None``, or, where the cache folder may not
+    be written, the error that refused the lock file, without holding it.
+
+    Why: a shared cache can be read-only to some users (permissions: ``PermissionError``; a read-only mount:
+    ``OSError`` ``EROFS``). Such a process can neither lock an entry nor change it, so it reads what is there
+    without the lock, stores nothing and keeps entries it finds corrupt (see :func:`remove_entry_files`).
+    The scan and fit caches once each caught a different one of these errors; a lock that is only busy still
+    waits, as before.
+    """
+    try:
+        Path(lock.lock_file).parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except TimeoutError:  # filelock's Timeout (an OSError too): busy, not read-only
+        raise
+    except OSError as error:
+        yield error
+        return
+    try:
+        yield None
+    finally:
+        lock.release()
+
+
+def remove_entry_files(*paths: Path) -> None:
+    """Delete a cache entry's files (missing ones are fine), or leave them where the folder may not be written.
+
+    Why: an entry found corrupt is removed so that the next reader does not check it again; in a read-only
+    cache it stays, and the reader recomputes all the same instead of failing on the removal.
+    """
+    with suppress(OSError):
+        for path in paths:
+            path.unlink(missing_ok=True)
 
 
 def cache_root() -> Path:

@@ -33,7 +33,7 @@ import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -50,7 +50,15 @@ from safetensors import SafetensorError
 from sklearn.base import BaseEstimator, clone
 from sklearn.pipeline import Pipeline
 
-from lafusion_st.files import CorruptEntryError, atomic_path, cache_root, read_json_object, write_text_atomic
+from lafusion_st.files import (
+    CorruptEntryError,
+    atomic_path,
+    cache_root,
+    entry_lock,
+    read_json_object,
+    remove_entry_files,
+    write_text_atomic,
+)
 
 FORMAT, FORMAT_VERSION = "lafusion-fit", 2
 """History: 1 = first; 2 = the sidecar records the fit's wall and CPU seconds (``fit_seconds``).
@@ -188,22 +196,16 @@ def cached_fit(
     if not fit_cache_enabled():
         return _timed(fit, estimator)[0]
     entry = FitCacheEntry(cache_dir or default_fit_cache_dir(), FitKey.of(estimator, features, labels))
-    try:
-        lock = entry.lock()
-        lock.acquire()
-    except OSError as error:  # a cache this process may not write: serve what is there, store nothing
-        _warn_read_only(entry.lock_file.parent, str(error))
-        found = entry.load(estimator, labels)
-        return found if found is not None else _timed(fit, estimator)[0]
-    try:
+    with entry_lock(entry.lock()) as refused:
+        if refused is not None:  # a cache this process may not write: serve what is there, store nothing
+            _warn_read_only(entry.lock_file.parent, str(refused))
         found = entry.load(estimator, labels)
         if found is not None:
             return found
         fitted, event = _timed(fit, estimator)
-        entry.store(fitted, event)
+        if refused is None:
+            entry.store(fitted, event)
         return fitted
-    finally:
-        lock.release()
 
 
 @cache
@@ -238,7 +240,7 @@ class FitCacheEntry:
         self.lock_file = stem.with_suffix(".lock")
 
     def lock(self) -> FileLock:
-        self.lock_file.parent.mkdir(parents=True, exist_ok=True)
+        """The entry's inter-process lock, taken with :func:`~lafusion_st.files.entry_lock`."""
         return FileLock(str(self.lock_file))
 
     def load(self, estimator: Pipeline, labels: np.ndarray) -> Pipeline | None:
@@ -276,9 +278,7 @@ class FitCacheEntry:
                 FitCacheWarning,
                 stacklevel=4,
             )
-            with suppress(OSError):  # a read-only cache keeps it; this process refits all the same
-                self.sidecar_file.unlink(missing_ok=True)
-                self.data_file.unlink(missing_ok=True)
+            remove_entry_files(self.sidecar_file, self.data_file)  # a read-only cache keeps it
             return None
         _record(FitEvent(cached=True, seconds=float(cost[0]), cpu_seconds=float(cost[1])))
         return restored

@@ -29,7 +29,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer
 
-from lafusion_st.errors import InvalidArgumentError
+from lafusion_st.errors import InvalidArgumentError, UnwritableCacheError
+from lafusion_st.files import entry_lock
 from lafusion_st.fusion import fuse
 from lafusion_st.layers import resolve_layers
 from lafusion_st.modes import ENGINES, Dtype, Engine
@@ -302,6 +303,7 @@ class LayerScanner:
         Raises:
             ValueError: If ``texts`` is empty.
             TypeError: If an item is not a string (its index is named).
+            UnwritableCacheError: A scan is missing from a cache folder this process may not write.
         """
         texts = _check_texts(texts)
         entries = {pooling: self.cache_entry(texts, pooling) for pooling in self.poolings}
@@ -310,7 +312,12 @@ class LayerScanner:
         if missing:
             with ExitStack() as locks:
                 for pooling in sorted(missing):  # one order for every process: no deadlock
-                    locks.enter_context(missing[pooling].lock())
+                    if refused := locks.enter_context(entry_lock(missing[pooling].lock())):
+                        raise UnwritableCacheError(
+                            f"The scan cache {self.cache_dir} cannot be written ({refused}), and the {pooling} scan "
+                            f"of these {len(texts)} texts by {self.model} is not in it. Point LAFUSION_CACHE (or "
+                            "cache_dir) to a folder you may write; a read-only cache serves only the scans it holds."
+                        ) from refused
                 # Another process may have finished an entry while this one waited for its lock.
                 found.update({pooling: entry.load() for pooling, entry in missing.items()})
                 missing = {pooling: entries[pooling] for pooling, vectors in found.items() if vectors is None}

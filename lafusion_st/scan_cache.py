@@ -14,9 +14,10 @@ Cache layout (one entry per :class:`ScanKey`)::
 The sidecar is written last, so an entry without one is unfinished. Readers and writers of an entry hold its
 lock, so a reader never sees an entry half replaced. An entry found corrupt (a sidecar that is not JSON or
 names another key, a data file missing, unreadable as safetensors, of the wrong shape or failing its
-checksum) is reported with a warning, removed and recomputed; any other failure while reading (an
-interrupt, memory, an I/O error) propagates and leaves the entry alone. One computed under other torch or
-transformers versions is served with a warning. Files are read with safetensors, never pickle.
+checksum) is reported with a warning, removed (kept where the cache may not be written) and recomputed;
+any other failure while reading (an interrupt, memory, an I/O error) propagates and leaves the entry alone.
+One computed under other torch or transformers versions is served with a warning. Files are read with
+safetensors, never pickle. A cache that may not be written serves what it holds and refuses to scan.
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ from lafusion_st.files import (
     CorruptEntryError,
     atomic_path,
     cache_root,
+    entry_lock,
     file_sha256,
     read_json_object,
+    remove_entry_files,
     write_text_atomic,
 )
 
@@ -163,15 +166,16 @@ class ScanCacheEntry:
     def lock(self) -> FileLock:
         """An inter-process lock on this entry, held while computing it (a second process scanning the same
         texts waits, then reads the finished entry) and while reading it (never a half-replaced entry).
-        The same reentrant object on every call, so :meth:`load` works while the caller holds it."""
-        self.lock_file.parent.mkdir(parents=True, exist_ok=True)
+        The same reentrant object on every call, so :meth:`load` works while the caller holds it. Take it
+        with :func:`~lafusion_st.files.entry_lock`, which creates the folder and tells a read-only cache."""
         return self._lock
 
     def load(self) -> np.ndarray | None:
         """The cached vectors, or ``None`` if absent; an entry found corrupt is warned about, removed and ``None``.
 
-        Reads under the entry's lock. A cache this process may not write (a shared read-only folder, where
-        the lock file cannot be created) is read without it: such a process can neither lock nor change it.
+        Reads under the entry's lock. A cache this process may not write (a shared read-only folder or mount,
+        where the lock file cannot be created) is read without it, and a corrupt entry there is left in place
+        (:func:`~lafusion_st.files.entry_lock`, :func:`~lafusion_st.files.remove_entry_files`).
 
         Raises:
             BaseException: Whatever reading raises other than the corruption it detects (``KeyboardInterrupt``,
@@ -179,15 +183,8 @@ class ScanCacheEntry:
         """
         if not self.sidecar_file.exists():
             return None
-        lock = self.lock()
-        try:
-            lock.acquire()
-        except PermissionError:
+        with entry_lock(self.lock()):
             return self._load()
-        try:
-            return self._load()
-        finally:
-            lock.release()
 
     def _load(self) -> np.ndarray | None:
         if not self.sidecar_file.exists():  # removed as corrupt by the process this one waited for
@@ -204,8 +201,7 @@ class ScanCacheEntry:
                 ScanCacheWarning,
                 stacklevel=4,
             )
-            self.data_file.unlink(missing_ok=True)
-            self.sidecar_file.unlink(missing_ok=True)
+            remove_entry_files(self.data_file, self.sidecar_file)
             return None
         self._warn_on_other_versions(sidecar.get("versions") or {})
         return vectors
@@ -239,7 +235,7 @@ class ScanCacheEntry:
             return True
         except CorruptEntryError as error:
             warnings.warn(f"Scan chunk {path} is unusable ({error}); recomputing it.", ScanCacheWarning, stacklevel=3)
-            path.unlink(missing_ok=True)
+            remove_entry_files(path)
             return False
 
     def write_chunk(self, start: int, end: int, vectors: np.ndarray) -> None:

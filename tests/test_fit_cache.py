@@ -6,7 +6,9 @@ input must refit, and a broken or tampered entry must be refit, never served.
 
 from __future__ import annotations
 
+import errno
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import pytest
 from sklearn.linear_model import LogisticRegressionCV
 from sklearn.pipeline import Pipeline
 
+from lafusion_st import fit_cache as fit_cache_module
 from lafusion_st.fit_cache import (
     SWITCH_ENV,
     FitCacheWarning,
@@ -270,3 +273,33 @@ def test_a_fit_with_an_attribute_the_cache_cannot_restore_is_not_stored(
     with pytest.warns(FitCacheWarning, match="_solver_state is not a public learned attribute"):
         fitted, _ = fit_tuned_probe(train, labels)
     assert fitted[-1]._solver_state == {"warm": True} and entries(fit_cache) == []
+
+
+def test_a_cache_this_process_may_not_write_is_read_and_never_written(
+    fit_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shared read-only cache (a read-only mount: a plain ``OSError``): its fits are served, new ones are made
+    and not stored, a corrupt one is refit and left in place, and the user is told once."""
+    train, labels, test, _ = noisy_task()
+    fresh, _ = fit_tuned_probe(train, labels)
+    (sidecar,) = entries(fit_cache)
+
+    def read_only_mount(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(fit_cache_module.FileLock, "acquire", read_only_mount)
+    monkeypatch.setattr(Path, "unlink", read_only_mount)
+    calls: list[int] = []
+    with pytest.warns(FitCacheWarning, match="cannot be written .*Read-only file system.*reading it only") as said:
+        served = cached_fit(tuned_probe(), train, labels, counting(calls, train, labels))
+    assert calls == [] and len(said) == 1
+    assert_same_fit(fresh, served)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # told once
+        cached_fit(tuned_probe(), train[:200], labels[:200], counting(calls, train[:200], labels[:200]))
+    assert calls == [1] and entries(fit_cache) == [sidecar]  # fit, not stored
+    sidecar.with_suffix(".safetensors").write_bytes(b"damaged")
+    with pytest.warns(FitCacheWarning, match="fails its checksum"):
+        refit = cached_fit(tuned_probe(), train, labels, counting(calls, train, labels))
+    assert calls == [1, 1] and entries(fit_cache) == [sidecar]
+    np.testing.assert_array_equal(refit.predict(test), fresh.predict(test))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ import torch
 
 from conftest import SENTENCES
 from lafusion_st import build_fused_model, scan_cache
+from lafusion_st.errors import UnwritableCacheError
 from lafusion_st.fusion import fuse
 from lafusion_st.modules import TruncatedTransformer
 from lafusion_st.pooling import POOLING_MODES
@@ -181,6 +183,22 @@ def test_corrupt_chunk_is_recomputed(tiny_models: dict[str, str], tmp_path, forw
     with pytest.warns(ScanCacheWarning, match="chunk"):
         scan(tiny_models["llama"], TEXTS, cache_dir=tmp_path, batch_size=2, chunk_size=4, show_progress_bar=False)
     assert len(forward_calls) == 5
+
+
+def test_a_read_only_cache_serves_its_scans_and_names_what_it_lacks(tiny_models, tmp_path, forward_calls, monkeypatch):
+    _scanner(tiny_models["llama"], tmp_path, batch_size=4).scan(TEXTS)
+    assert len(forward_calls) == 3
+
+    def read_only_mount(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(scan_cache.FileLock, "acquire", read_only_mount)
+    served = _scanner(tiny_models["llama"], tmp_path, batch_size=4).scan(TEXTS)["mean"]
+    assert len(forward_calls) == 3 and served.vectors.shape[1] == len(TEXTS)
+    both = _scanner(tiny_models["llama"], tmp_path, batch_size=4, poolings=("mean", "last"))
+    with pytest.raises(UnwritableCacheError, match=r"cannot be written .*Read-only.*the last scan.*LAFUSION_CACHE"):
+        both.scan(TEXTS)
+    assert len(forward_calls) == 3  # refused before any forward pass, not after a scan it could not keep
 
 
 def test_cache_key_follows_texts_order_pooling_length_and_weights(tiny_models: dict[str, str], tmp_path) -> None:

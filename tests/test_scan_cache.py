@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import threading
 import warnings
@@ -101,14 +102,34 @@ def test_detected_corruption_is_warned_about_and_removed(tmp_path: Path, corrupt
     assert not entry.data_file.exists() and not entry.sidecar_file.exists()
 
 
-def test_a_cache_this_process_cannot_lock_is_read_without_the_lock(tmp_path: Path, monkeypatch) -> None:
-    """A shared read-only cache: the lock file cannot be created, and filelock says so with PermissionError."""
-    entry = stored_entry(tmp_path)
+READ_ONLY = [PermissionError(errno.EACCES, "Permission denied"), OSError(errno.EROFS, "Read-only file system")]
+"""What creating a lock file raises in a cache this process may not write: a folder of someone else's (filelock
+says ``PermissionError``), a read-only mount (a plain ``OSError``, which the scan cache once did not catch)."""
 
+
+def refuse_with(error: OSError):
     def refuse(*args, **kwargs):
-        raise PermissionError(13, "Permission denied", str(entry.lock_file))
+        raise error
 
-    monkeypatch.setattr(entry.lock(), "acquire", refuse)
+    return refuse
+
+
+@pytest.mark.parametrize("error", READ_ONLY, ids=["permissions", "read-only mount"])
+def test_a_cache_this_process_cannot_lock_is_read_without_the_lock(tmp_path: Path, monkeypatch, error) -> None:
+    entry = stored_entry(tmp_path)
+    monkeypatch.setattr(entry.lock(), "acquire", refuse_with(error))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         np.testing.assert_array_equal(entry.load(), OLD)
+
+
+@pytest.mark.parametrize("error", READ_ONLY, ids=["permissions", "read-only mount"])
+def test_a_corrupt_entry_in_a_read_only_cache_is_warned_about_and_left(tmp_path: Path, monkeypatch, error) -> None:
+    """Removing it would fail there; the reader must still get ``None`` (and recompute), not the removal's error."""
+    entry = stored_entry(tmp_path)
+    entry.data_file.write_bytes(entry.data_file.read_bytes()[:-8])
+    monkeypatch.setattr(entry.lock(), "acquire", refuse_with(error))
+    monkeypatch.setattr(Path, "unlink", refuse_with(error))
+    with pytest.warns(ScanCacheWarning, match="unusable"):
+        assert entry.load() is None
+    assert entry.data_file.exists() and entry.sidecar_file.exists()
