@@ -11,6 +11,7 @@ the ONNX encoder can import it where torch is absent.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -37,21 +38,29 @@ class CorruptEntryError(ValueError):
 @contextmanager
 def entry_lock(lock: BaseFileLock) -> Iterator[OSError | None]:
     """Hold a cache entry's inter-process lock for the block; yield ``None``, or, where the cache folder may not
-    be written, the error that refused the lock file, without holding it.
+    be written, the error that says so, without holding the lock.
 
     Why: a shared cache can be read-only to some users (permissions: ``PermissionError``; a read-only mount:
     ``OSError`` ``EROFS``). Such a process can neither lock an entry nor change it, so it reads what is there
-    without the lock, stores nothing and keeps entries it finds corrupt (see :func:`remove_entry_files`).
-    The scan and fit caches once each caught a different one of these errors; a lock that is only busy still
-    waits, as before.
+    without the lock and stores nothing (each cache decides what that means for a missing entry), and leaves
+    entries it finds corrupt (:func:`remove_entry_files`). The folder's own write permission is checked too,
+    since a lock file left writable by another user would otherwise let the lock through. Any other error
+    (no file handles left, a file system without locks, a lock that is only busy) propagates: reading without
+    the lock in a writable cache could see, and remove, an entry another process is replacing.
     """
+    folder = Path(lock.lock_file).parent
+    refused: OSError | None = None
     try:
-        Path(lock.lock_file).parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(errno.EACCES, "Permission denied (the folder is not writable)", str(folder))
         lock.acquire()
-    except TimeoutError:  # filelock's Timeout (an OSError too): busy, not read-only
-        raise
     except OSError as error:
-        yield error
+        if not (isinstance(error, PermissionError) or error.errno == errno.EROFS):
+            raise
+        refused = error  # yielded outside the except block: the caller's errors must not chain to this one
+    if refused is not None:
+        yield refused
         return
     try:
         yield None
@@ -60,13 +69,14 @@ def entry_lock(lock: BaseFileLock) -> Iterator[OSError | None]:
 
 
 def remove_entry_files(*paths: Path) -> None:
-    """Delete a cache entry's files (missing ones are fine), or leave them where the folder may not be written.
+    """Delete a cache entry's files (missing ones are fine), each one that can be; where the folder may not be
+    written they stay. Give the sidecar first: an entry without it is unfinished, never served.
 
     Why: an entry found corrupt is removed so that the next reader does not check it again; in a read-only
-    cache it stays, and the reader recomputes all the same instead of failing on the removal.
+    cache it stays, and the reader goes on without it instead of failing on the removal.
     """
-    with suppress(OSError):
-        for path in paths:
+    for path in paths:
+        with suppress(OSError):
             path.unlink(missing_ok=True)
 
 

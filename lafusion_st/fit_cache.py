@@ -198,7 +198,7 @@ def cached_fit(
     entry = FitCacheEntry(cache_dir or default_fit_cache_dir(), FitKey.of(estimator, features, labels))
     with entry_lock(entry.lock()) as refused:
         if refused is not None:  # a cache this process may not write: serve what is there, store nothing
-            _warn_read_only(entry.lock_file.parent, str(refused))
+            _warn_read_only(entry.lock_file.parent, refused.strerror or str(refused))
         found = entry.load(estimator, labels)
         if found is not None:
             return found

@@ -32,8 +32,14 @@ from typing import Any
 
 from filelock import FileLock
 
-from lafusion_st.errors import InvalidArgumentError, LafusionError, MissingFileError, UnknownModelError
-from lafusion_st.files import cache_root, file_sha256
+from lafusion_st.errors import (
+    InvalidArgumentError,
+    LafusionError,
+    MissingFileError,
+    UnknownModelError,
+    UnwritableCacheError,
+)
+from lafusion_st.files import cache_root, entry_lock, file_sha256
 from lafusion_st.saved_folder import saved_embedder_sources
 
 logger = logging.getLogger(__name__)
@@ -234,6 +240,7 @@ def materialise(name: str, cache_dir: str | Path | None = None, *, force: bool =
     Raises:
         KeyError: Unknown name, or a model that needs no materialisation.
         ModelPackageNotInstalledError: Its package is not installed.
+        UnwritableCacheError: It must be built in a cache folder this process may not write.
     """
     model = OFFLINE_MODELS.get(name)
     if model is None or model.source == "folder":
@@ -247,8 +254,13 @@ def materialise(name: str, cache_dir: str | Path | None = None, *, force: bool =
         return target.resolve()
     _check_installed(model)
 
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / f".{name}.lock")):
+    with entry_lock(FileLock(str(root / f".{name}.lock"))) as refused:
+        if refused is not None:
+            raise UnwritableCacheError(
+                f"The model cache {root} cannot be written ({refused.strerror}), and {name} is not materialised in "
+                "it. Point LAFUSION_CACHE (or cache_dir) to a folder you may write; a read-only cache serves only "
+                "the models it holds."
+            ) from refused
         if not force and is_materialised(target, model):  # another process just built it
             return target.resolve()
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.building-", dir=root))

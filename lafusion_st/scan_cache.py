@@ -201,7 +201,7 @@ class ScanCacheEntry:
                 ScanCacheWarning,
                 stacklevel=4,
             )
-            remove_entry_files(self.data_file, self.sidecar_file)
+            remove_entry_files(self.sidecar_file, self.data_file)
             return None
         self._warn_on_other_versions(sidecar.get("versions") or {})
         return vectors

@@ -284,8 +284,8 @@ def test_a_cache_this_process_may_not_write_is_read_and_never_written(
     fresh, _ = fit_tuned_probe(train, labels)
     (sidecar,) = entries(fit_cache)
 
-    def read_only_mount(*args, **kwargs):
-        raise OSError(errno.EROFS, "Read-only file system")
+    def read_only_mount(lock_or_path, *args, **kwargs):  # filelock names the file, as the OS does
+        raise OSError(errno.EROFS, "Read-only file system", str(getattr(lock_or_path, "lock_file", lock_or_path)))
 
     monkeypatch.setattr(fit_cache_module.FileLock, "acquire", read_only_mount)
     monkeypatch.setattr(Path, "unlink", read_only_mount)
@@ -295,7 +295,7 @@ def test_a_cache_this_process_may_not_write_is_read_and_never_written(
     assert calls == [] and len(said) == 1
     assert_same_fit(fresh, served)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # told once
+        warnings.simplefilter("error")  # told once, though each entry's lock file has its own name
         cached_fit(tuned_probe(), train[:200], labels[:200], counting(calls, train[:200], labels[:200]))
     assert calls == [1] and entries(fit_cache) == [sidecar]  # fit, not stored
     sidecar.with_suffix(".safetensors").write_bytes(b"damaged")

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from lafusion_st import registry
+from lafusion_st.errors import UnwritableCacheError
 from lafusion_st.gguf_tokenizer import (
     BYTE_LEVEL_PRE_TOKENIZERS,
     GGUFTokenizerMetadata,
@@ -218,6 +220,17 @@ def test_interrupted_build_leaves_nothing_that_looks_valid(monkeypatch: pytest.M
         resolve_model(SMOL.name, cache_dir=tmp_path)
     assert not (tmp_path / SMOL.name).exists()
     assert not [p for p in tmp_path.iterdir() if ".building-" in p.name]
+
+
+def test_a_model_cache_that_may_not_be_written_serves_its_models_and_names_what_it_lacks(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    present = _fake_folder(tmp_path / SMOL.name, SMOL)
+    monkeypatch.setattr(registry, "_build", lambda model, out: pytest.fail("must not build"))
+    monkeypatch.setattr(os, "access", lambda path, mode, **kwargs: not (mode & os.W_OK))
+    assert resolve_model(SMOL.name, cache_dir=tmp_path) == str(present.resolve())
+    with pytest.raises(UnwritableCacheError, match=r"model cache .* cannot be written .*gemma3-270m is not materia"):
+        resolve_model("gemma3-270m", cache_dir=tmp_path)
 
 
 # ----------------------------------------------------------------------------- GGUF tokenizer
