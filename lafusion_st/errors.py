@@ -8,6 +8,8 @@ bug (a traceback). Standard library only: the command line and the ONNX encoder 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class LafusionError(Exception):
     """Base class of every error a user causes and can fix (bad input, unknown name, missing file)."""
@@ -30,8 +32,17 @@ class MissingFileError(LafusionError, FileNotFoundError):
 
 
 class UnwritableCacheError(LafusionError, PermissionError):
-    """A cache folder lafusion must store a result in (a scan missing from it) but may not write: a shared
-    read-only folder or mount. Reading what such a cache holds needs no writing."""
+    """A cache folder lafusion must store a result in (a scan or model missing from it) but may not write: a
+    shared read-only folder or mount. Reading what such a cache holds needs no writing."""
+
+    @classmethod
+    def missing(cls, cache: str, folder: Path, absent: str, refused: OSError) -> UnwritableCacheError:
+        """The error for ``absent`` (what is not in the ``cache`` at ``folder``) where ``refused`` says why the
+        folder may not be written. One wording for every cache: what is missing, why, and the way out."""
+        return cls(
+            f"The {cache} {folder} cannot be written ({refused.strerror}), and {absent}. Point LAFUSION_CACHE "
+            "(or cache_dir) to a folder you may write; a read-only cache serves only what it holds."
+        )
 
 
 class UnknownModelError(MissingFileError, KeyError):

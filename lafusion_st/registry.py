@@ -256,10 +256,8 @@ def materialise(name: str, cache_dir: str | Path | None = None, *, force: bool =
 
     with entry_lock(FileLock(str(root / f".{name}.lock"))) as refused:
         if refused is not None:
-            raise UnwritableCacheError(
-                f"The model cache {root} cannot be written ({refused.strerror}), and {name} is not materialised in "
-                "it. Point LAFUSION_CACHE (or cache_dir) to a folder you may write; a read-only cache serves only "
-                "the models it holds."
+            raise UnwritableCacheError.missing(
+                "model cache", root, f"{name} is not materialised in it", refused
             ) from refused
         if not force and is_materialised(target, model):  # another process just built it
             return target.resolve()

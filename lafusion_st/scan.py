@@ -313,11 +313,12 @@ class LayerScanner:
             with ExitStack() as locks:
                 for pooling in sorted(missing):  # one order for every process: no deadlock
                     if refused := locks.enter_context(entry_lock(missing[pooling].lock())):
-                        raise UnwritableCacheError(
-                            f"The scan cache {self.cache_dir} cannot be written ({refused.strerror}), and the "
-                            f"{pooling} scan of these {len(texts)} texts by {self.model} is not in it (or is "
-                            "unusable). Point LAFUSION_CACHE (or cache_dir) to a folder you may write; a read-only "
-                            "cache serves only the scans it holds."
+                        raise UnwritableCacheError.missing(
+                            "scan cache",
+                            self.cache_dir,
+                            f"the {pooling} scan of these {len(texts)} texts by {self.model} is not in it (or is "
+                            "unusable)",
+                            refused,
                         ) from refused
                 # Another process may have finished an entry while this one waited for its lock.
                 found.update({pooling: entry.load() for pooling, entry in missing.items()})
