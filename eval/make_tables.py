@@ -269,15 +269,23 @@ LAST, BEST, FUSED, MULTI, BASELINE = "last layer", "best single layer", "fused l
 def comparisons(rows: list[dict]) -> list[tuple[str, dict, dict]]:
     """The comparisons the text of RESULTS.md makes on one dataset (paper protocol, same test texts): per LLM
     its fused layers against its last and its best single layer and against the baseline, and the
-    multi-model fusion against each of its members' fused layers. Rows without predictions are left out."""
+    multi-model fusion against each of its members' fused layers. Rows without predictions are left out.
+
+    A last layer that is also the best single layer is tested once (as in ``eval/selection_runs.py``): the
+    same test twice would count twice in Holm's family and inflate every adjusted p of the table."""
     by_role = {(row["role"], row["models"]): row for row in rows if "correct" in row}
     baseline = next((row for (role, _), row in by_role.items() if role == BASELINE), None)
     pairs = []
     for (role, models), row in by_role.items():
         if role == FUSED:
-            for other in (LAST, BEST):
-                if (other, models) in by_role and by_role[(other, models)]["embedder"] != row["embedder"]:
-                    pairs.append((f"{models}: fused layers vs {other}", row, by_role[(other, models)]))
+            last, best = by_role.get((LAST, models)), by_role.get((BEST, models))
+            also_best = last is not None and best is not None and last["embedder"] == best["embedder"]
+            others = (
+                [(f"{LAST} (also the best single layer on CV)", last)] if also_best else [(LAST, last), (BEST, best)]
+            )
+            for name, other in others:
+                if other is not None and other["embedder"] != row["embedder"]:
+                    pairs.append((f"{models}: fused layers vs {name}", row, other))
             if baseline is not None:
                 pairs.append((f"{models}: fused layers vs {baseline['models']}", row, baseline))
         if role == MULTI:

@@ -60,6 +60,27 @@ def test_comparison_table_pairs_the_stated_comparisons_with_holm() -> None:
     assert body[1].split(" | ")[1:3] == ["+0.0", "0/0"] and "no significant" in body[1]
 
 
+def test_a_last_layer_that_is_also_the_best_single_layer_is_tested_once() -> None:
+    """On full R52 SmolLM2's best single layer on CV is its last ([30]): the table tested the fusion against it
+    twice, and the duplicate counted in Holm's family (Holm p 0.00106 instead of 0.000793 for that test)."""
+    from make_tables import comparison_table
+
+    right, wrong = [True] * 30, [False] * 30
+    rows = [
+        {"role": role, "models": "m", "embedder": embedder, "correct": np.array(correct)}
+        for role, embedder, correct in [
+            ("last layer", "m-L30", wrong + right),
+            ("best single layer", "m-L30", wrong + right),
+            ("fused layers", "m-fused", right + right),
+        ]
+    ]
+    body = [line for line in comparison_table(rows) if line.startswith("| m")]
+    assert [line.split(" | ")[0] for line in body] == [
+        "| m: fused layers vs last layer (also the best single layer on CV)"
+    ]
+    assert body[0].split(" | ")[3:5] == [f"{2 * 0.5**30:.3g}"] * 2  # a family of one: Holm leaves p as it is
+
+
 def test_each_model_is_scanned_once_for_every_pooling_its_rows_use() -> None:
     """On MR the last-layer rows are mean-pooled and the chosen layers last-token: one scan serves both (before,
     a forward pass per pooling: SmolLM2's mean pass over full MR was most of its first row's 520 s)."""
